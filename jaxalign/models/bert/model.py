@@ -1,0 +1,152 @@
+"""BERT-family encoder as Flax NNX modules (post-LayerNorm transformer, as in the original BERT).
+
+Shapes: ``B`` batch, ``T`` sequence length, ``H`` hidden size, ``N`` heads, ``D`` head dim.
+Dropout is active only with ``deterministic=False`` and takes its randomness from an explicit
+``rngs`` argument, so training steps stay pure functions of their inputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxalign.models.bert.config import BertConfig
+from jaxalign.sharding.rules import constrain
+
+ACTIVATION_AXES = ("batch", "length", "act_embed")
+
+
+def _activation(name: str):
+    if name == "gelu":
+        return lambda x: jax.nn.gelu(x, approximate=False)
+    if name in ("gelu_new", "gelu_pytorch_tanh"):
+        return lambda x: jax.nn.gelu(x, approximate=True)
+    return jax.nn.relu
+
+
+def _layer_norm(cfg: BertConfig, dtype, rngs) -> nnx.LayerNorm:
+    # Two-pass variance, as PyTorch computes it: the fast E[x^2]-E[x]^2 form loses ~1e-5.
+    return nnx.LayerNorm(cfg.hidden_size, epsilon=cfg.layer_norm_eps, use_fast_variance=False, dtype=dtype, rngs=rngs)
+
+
+@dataclasses.dataclass
+class EncoderOutput:
+    """``last_hidden_state`` [B, T, H]; ``hidden_states`` (embeddings, layer 1..L), each [B, T, H];
+    ``pooler_output`` [B, H] (tanh(dense(CLS)), ``None`` when the checkpoint has no pooler)."""
+
+    last_hidden_state: jax.Array
+    hidden_states: tuple[jax.Array, ...] | None
+    pooler_output: jax.Array | None
+
+
+jax.tree_util.register_dataclass(
+    EncoderOutput, data_fields=["last_hidden_state", "hidden_states", "pooler_output"], meta_fields=[]
+)
+
+
+class Embeddings(nnx.Module):
+    def __init__(self, cfg: BertConfig, *, dtype, rngs: nnx.Rngs):
+        self.word = nnx.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dtype, rngs=rngs)
+        self.position = nnx.Embed(cfg.max_position_embeddings, cfg.hidden_size, dtype=dtype, rngs=rngs)
+        self.token_type = nnx.Embed(cfg.type_vocab_size, cfg.hidden_size, dtype=dtype, rngs=rngs)
+        self.norm = _layer_norm(cfg, dtype, rngs)
+        self.dropout = nnx.Dropout(cfg.hidden_dropout_prob)
+
+    def __call__(self, input_ids, token_type_ids, position_ids, *, deterministic: bool, rngs) -> jax.Array:
+        x = self.word(input_ids) + self.token_type(token_type_ids) + self.position(position_ids)
+        return self.dropout(self.norm(x), deterministic=deterministic, rngs=rngs)
+
+
+class SelfAttention(nnx.Module):
+    def __init__(self, cfg: BertConfig, *, dtype, rngs: nnx.Rngs):
+        h = cfg.hidden_size
+        self.num_heads, self.head_dim, self.dtype = cfg.num_attention_heads, cfg.head_dim, dtype
+        self.query = nnx.Linear(h, h, dtype=dtype, rngs=rngs)
+        self.key = nnx.Linear(h, h, dtype=dtype, rngs=rngs)
+        self.value = nnx.Linear(h, h, dtype=dtype, rngs=rngs)
+        self.output = nnx.Linear(h, h, dtype=dtype, rngs=rngs)
+        self.attention_dropout = nnx.Dropout(cfg.attention_probs_dropout_prob)
+        self.dropout = nnx.Dropout(cfg.hidden_dropout_prob)
+
+    def __call__(self, x: jax.Array, bias: jax.Array, *, deterministic: bool, rngs) -> jax.Array:
+        """x [B, T, H]; bias [B, 1, 1, T] additive mask (0 keep, very negative drop)."""
+        b, t, _ = x.shape
+        split = lambda y: y.reshape(b, t, self.num_heads, self.head_dim)
+        q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
+        scores = jnp.einsum("bqnd,bknd->bnqk", q, k, preferred_element_type=jnp.float32)
+        scores = scores / math.sqrt(self.head_dim) + bias
+        probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype or x.dtype)
+        probs = self.attention_dropout(probs, deterministic=deterministic, rngs=rngs)
+        context = jnp.einsum("bnqk,bknd->bqnd", probs, v).reshape(b, t, -1)
+        return self.dropout(self.output(context), deterministic=deterministic, rngs=rngs)
+
+
+class Layer(nnx.Module):
+    def __init__(self, cfg: BertConfig, *, dtype, rngs: nnx.Rngs):
+        self.attention = SelfAttention(cfg, dtype=dtype, rngs=rngs)
+        self.attention_norm = _layer_norm(cfg, dtype, rngs)
+        self.up = nnx.Linear(cfg.hidden_size, cfg.intermediate_size, dtype=dtype, rngs=rngs)
+        self.down = nnx.Linear(cfg.intermediate_size, cfg.hidden_size, dtype=dtype, rngs=rngs)
+        self.mlp_norm = _layer_norm(cfg, dtype, rngs)
+        self.dropout = nnx.Dropout(cfg.hidden_dropout_prob)
+        self.act = _activation(cfg.hidden_act)
+
+    def __call__(self, x, bias, *, deterministic: bool, rngs) -> jax.Array:
+        x = self.attention_norm(x + self.attention(x, bias, deterministic=deterministic, rngs=rngs))
+        h = self.dropout(self.down(self.act(self.up(x))), deterministic=deterministic, rngs=rngs)
+        return constrain(self.mlp_norm(x + h), ACTIVATION_AXES)
+
+
+class Pooler(nnx.Module):
+    def __init__(self, cfg: BertConfig, *, dtype, rngs: nnx.Rngs):
+        self.dense = nnx.Linear(cfg.hidden_size, cfg.hidden_size, dtype=dtype, rngs=rngs)
+
+    def __call__(self, cls_hidden: jax.Array) -> jax.Array:
+        return jnp.tanh(self.dense(cls_hidden))
+
+
+class BertEncoder(nnx.Module):
+    """Bidirectional transformer encoder. ``dtype`` is the compute dtype (params stay float32)."""
+
+    def __init__(self, cfg: BertConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.config = cfg
+        self.embeddings = Embeddings(cfg, dtype=dtype, rngs=rngs)
+        self.layers = nnx.List([Layer(cfg, dtype=dtype, rngs=rngs) for _ in range(cfg.num_hidden_layers)])
+        self.pooler = Pooler(cfg, dtype=dtype, rngs=rngs) if cfg.with_pooler else None
+
+    def position_ids(self, attention_mask: jax.Array) -> jax.Array:
+        b, t = attention_mask.shape
+        if self.config.position_offset == 0:
+            return jnp.broadcast_to(jnp.arange(t), (b, t))
+        # RoBERTa: padding positions get pad_token_id, real tokens pad_token_id+1, +2, ...
+        mask = attention_mask.astype(jnp.int32)
+        return jnp.cumsum(mask, axis=1) * mask + self.config.pad_token_id
+
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        attention_mask: jax.Array,
+        token_type_ids: jax.Array | None = None,
+        *,
+        deterministic: bool = True,
+        rngs: nnx.Rngs | None = None,
+        output_hidden_states: bool = False,
+    ) -> EncoderOutput:
+        """input_ids, attention_mask, token_type_ids: [B, T] integers (mask 1 = real token)."""
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        x = self.embeddings(
+            input_ids, token_type_ids, self.position_ids(attention_mask), deterministic=deterministic, rngs=rngs
+        )
+        x = constrain(x, ACTIVATION_AXES)
+        bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
+        hidden = [x]
+        for layer in self.layers:
+            x = layer(x, bias, deterministic=deterministic, rngs=rngs)
+            hidden.append(x)
+        pooled = self.pooler(x[:, 0]) if self.pooler is not None else None
+        return EncoderOutput(x, tuple(hidden) if output_hidden_states else None, pooled)

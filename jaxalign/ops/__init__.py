@@ -1,0 +1,1 @@
+"""Pure functions over arrays: pooling and (later) losses' building blocks."""

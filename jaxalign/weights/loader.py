@@ -1,0 +1,178 @@
+"""Declarative checkpoint -> parameter mapping, loaded straight into a target sharding.
+
+A model family describes its checkpoint layout once, as a list of :class:`ParamRule`:
+our parameter path, the checkpoint tensor name, a layout transform and the parameter's
+logical axes (which :mod:`jaxalign.sharding.rules` turns into a sharding). The generic
+:func:`load_params` then
+
+* checks every parameter has a tensor of the right shape and every tensor is used,
+  reporting *all* problems in one error,
+* builds each parameter with ``jax.make_array_from_callback``, so each device reads only
+  its own slice from the memory-mapped file (no full host copy per device).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, SingleDeviceSharding
+
+from jaxalign.sharding.rules import named_sharding
+from jaxalign.weights.safetensors_io import CheckpointError, SafetensorsCheckpoint
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamRule:
+    """One parameter: ``ours`` and ``theirs`` may contain ``{i}`` (layer index).
+
+    ``transpose`` reverses the dimensions (PyTorch ``Linear`` stores ``[out, in]``; we use
+    ``[in, out]``). ``axes`` are the logical axes of *our* layout.
+    """
+
+    ours: str
+    theirs: str
+    axes: tuple[str | None, ...]
+    transpose: bool = False
+
+    def expand(self, num_layers: int) -> list["ParamRule"]:
+        if "{i}" not in self.ours:
+            return [self]
+        return [
+            dataclasses.replace(self, ours=self.ours.format(i=i), theirs=self.theirs.format(i=i))
+            for i in range(num_layers)
+        ]
+
+
+def flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> {"a.b.0.c": leaf}."""
+    out = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def unflatten(flat: Mapping[str, Any], like: Mapping) -> dict:
+    """Inverse of :func:`flatten`, taking key types (int list indices) from ``like``."""
+    out = {}
+    for k, v in like.items():
+        if isinstance(v, Mapping):
+            out[k] = unflatten({p[len(str(k)) + 1 :]: x for p, x in flat.items() if p.startswith(f"{k}.")}, v)
+        else:
+            out[k] = flat[str(k)]
+    return out
+
+
+def strip_prefix(names: Sequence[str], prefixes: Sequence[str]) -> dict[str, str]:
+    """Maps checkpoint names to names without a task-head prefix such as ``bert.``.
+
+    Only strips when *every* backbone tensor carries the prefix, i.e. the checkpoint was saved
+    from a ``BertFor...`` wrapper rather than ``BertModel``.
+    """
+    for prefix in prefixes:
+        if any(n.startswith(prefix) for n in names):
+            return {n[len(prefix) :] if n.startswith(prefix) else n: n for n in names}
+    return {n: n for n in names}
+
+
+def load_params(
+    checkpoint: SafetensorsCheckpoint,
+    rules: Sequence[ParamRule],
+    abstract: Mapping,
+    *,
+    num_layers: int,
+    mesh: Mesh | None = None,
+    dtype=jnp.float32,
+    prefixes: Sequence[str] = (),
+    ignore: Sequence[str] = (),
+) -> tuple[dict, dict]:
+    """Loads ``checkpoint`` into a nested dict shaped like ``abstract`` (ShapeDtypeStructs).
+
+    Returns ``(params, axes)``: the arrays (sharded over ``mesh`` by their logical axes, or on
+    the default device) and the logical axes tree used, for building shardings elsewhere.
+    ``ignore`` holds fnmatch patterns of checkpoint tensors that are not parameters
+    (buffers, pre-training heads); they are logged, not loaded.
+    """
+    expanded = [r for rule in rules for r in rule.expand(num_layers)]
+    targets = flatten(abstract)
+    names = strip_prefix(checkpoint.keys(), prefixes)
+    by_ours = {r.ours: r for r in expanded}
+
+    missing, misshaped, unmapped = [], [], []
+    for path, target in targets.items():
+        rule = by_ours.get(path)
+        if rule is None:
+            unmapped.append(path)
+        elif rule.theirs not in names:
+            missing.append(f"{rule.theirs} (for {path}, shape {tuple(target.shape)})")
+        else:
+            shape = checkpoint.shape(names[rule.theirs])
+            expect = tuple(reversed(target.shape)) if rule.transpose else tuple(target.shape)
+            if shape != expect:
+                misshaped.append(f"{names[rule.theirs]}: checkpoint {shape}, model expects {expect}")
+    used = {by_ours[p].theirs for p in targets if p in by_ours}
+    unexpected = [
+        names[n] for n in names if n not in used and not any(fnmatch.fnmatch(n, pat) for pat in ignore)
+    ]
+    ignored = [names[n] for n in names if n not in used and names[n] not in unexpected]
+    problems = []
+    if unmapped:
+        problems.append("model parameters with no mapping rule (a bug in the family's table): " + ", ".join(unmapped))
+    if missing:
+        problems.append(f"{len(missing)} missing tensor(s): " + "; ".join(missing))
+    if misshaped:
+        problems.append(f"{len(misshaped)} mis-shaped tensor(s): " + "; ".join(misshaped))
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected tensor(s): " + ", ".join(sorted(unexpected)))
+    if problems:
+        raise CheckpointError(
+            f"checkpoint {checkpoint.directory} does not match the model:\n  - " + "\n  - ".join(problems)
+        )
+    if ignored:
+        log.info("ignoring %d checkpoint tensors that are not encoder parameters: %s", len(ignored), ignored)
+
+    params, axes = {}, {}
+    for path, target in targets.items():
+        rule = by_ours[path]
+        name = names[rule.theirs]
+        shape = tuple(target.shape)
+        if mesh is None:
+            sharding = SingleDeviceSharding(jax.devices()[0])
+        else:
+            sharding = named_sharding(mesh, rule.axes, shape, name=path)
+
+        def read(index, name=name, transpose=rule.transpose):
+            index = tuple(index)
+            if transpose:
+                return checkpoint.read(name, index[::-1]).T.astype(dtype)
+            return checkpoint.read(name, index).astype(dtype)
+
+        params[path] = jax.make_array_from_callback(shape, sharding, read)
+        axes[path] = rule.axes
+    return unflatten(params, abstract), unflatten(axes, abstract)
+
+
+def shardings_for(mesh: Mesh, axes: Mapping, params: Mapping) -> dict:
+    """Nested dict of NamedSharding for ``params`` laid out by logical ``axes``."""
+    flat_axes, flat_params = flatten(axes), flatten(params)
+    return unflatten({p: named_sharding(mesh, flat_axes[p], flat_params[p].shape, name=p) for p in flat_params}, params)
+
+
+def place(params: Mapping, shardings: Mapping) -> dict:
+    """Moves already-loaded params onto ``shardings`` (a tree of NamedSharding)."""
+    return jax.tree.map(lambda x, s: jax.device_put(x, s), dict(params), dict(shardings))
+
+
+
