@@ -21,8 +21,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from jax.sharding import Mesh, NamedSharding, SingleDeviceSharding
+from jax.sharding import Mesh, SingleDeviceSharding
 
 from jaxalign.sharding.rules import named_sharding
 from jaxalign.weights.safetensors_io import CheckpointError, SafetensorsCheckpoint

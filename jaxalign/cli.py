@@ -1,0 +1,142 @@
+"""The ``jaxalign`` command line: ``jaxalign embed`` and ``jaxalign eval sts``.
+
+Every subcommand validates its inputs (model, data, mesh, shapes) before compiling anything
+and reports bad input as one line naming the file/field and the fix, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+DTYPES = ("float32", "bfloat16")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="all-MiniLM-L6-v2",
+                   help="packaged model name (all-MiniLM-L6-v2) or a Hugging Face checkpoint directory "
+                        "(config.json + model.safetensors + tokenizer). Default: %(default)s")
+    g.add_argument("--dtype", choices=DTYPES, default="float32",
+                   help="compute dtype; parameters stay float32 and pooling is done in float32. Default: %(default)s")
+    g.add_argument("--batch-size", type=int, default=64, help="sentences per compiled batch. Default: %(default)s")
+    g.add_argument("--max-length", type=int, default=None,
+                   help="truncate to this many tokens (default: the model's max_seq_length, else its position limit)")
+    g.add_argument("--mesh", default=None, metavar="DATA,FSDP,TENSOR",
+                   help="shard over a device mesh, e.g. '-1,1,1' (pure data parallel over all devices) or '2,2,2'. "
+                        "Default: one device")
+    g = p.add_argument_group("pooling (defaults come from the checkpoint's sentence-transformers config)")
+    g.add_argument("--pooling", default=None,
+                   help="mean | max | cls | cls_before_pooler | cls_pooler | last | mean_top_k | concat_top_k | mean_first_last")
+    g.add_argument("--layer", type=int, default=None, help="hidden layer to pool (-1 last, 0 embeddings, n after layer n)")
+    g.add_argument("--top-k", type=int, default=None, help="layers for mean_top_k / concat_top_k")
+    g.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None, help="L2-normalise embeddings")
+    g.add_argument("--truncate-dim", type=int, default=None, help="Matryoshka: keep the first D dimensions")
+
+
+def _embedder(args):
+    import dataclasses
+
+    import jax.numpy as jnp
+
+    from jaxalign.inference.embed import Embedder
+    from jaxalign.models import load_encoder
+    from jaxalign.sharding import MeshConfig, make_mesh
+
+    mesh = make_mesh(MeshConfig.parse(args.mesh)) if args.mesh else None
+    encoder = load_encoder(args.model, mesh=mesh, dtype=jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32)
+    overrides = {k: v for k, v in (("mode", args.pooling), ("layer", args.layer), ("top_k", args.top_k),
+                                   ("normalize", args.normalize), ("truncate_dim", args.truncate_dim)) if v is not None}
+    pooling = dataclasses.replace(encoder.pooling, **overrides)
+    return Embedder(encoder, pooling, batch_size=args.batch_size, max_length=args.max_length, mesh=mesh)
+
+
+def cmd_embed(args) -> int:
+    import numpy as np
+
+    path = Path(args.input)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such input file (expected one sentence per line)")
+    sentences = [line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines()]
+    sentences = [s for s in sentences if s.strip()]
+    if not sentences:
+        raise ValueError(f"{path}: no non-blank lines to embed")
+    embedder = _embedder(args)
+    start = time.perf_counter()
+    emb = embedder(sentences, progress=True)
+    elapsed = time.perf_counter() - start
+    np.save(args.output, emb)
+    print(f"embedded {len(sentences)} sentences -> {args.output} {emb.shape} in {elapsed:.1f}s "
+          f"({len(sentences) / elapsed:.0f} sentences/s, includes compilation)")
+    return 0
+
+
+def cmd_eval_sts(args) -> int:
+    from rich.console import Console
+
+    from jaxalign.data.sts import load_sts
+    from jaxalign.eval.sts import evaluate_sts, render_table, write_json
+
+    tasks = [t for spec in args.data for t in load_sts(spec, split=args.split)]
+    embedder = _embedder(args)
+    results = evaluate_sts(lambda s: embedder(s, progress=True), tasks)
+    Console().print(render_table(results, title=f"STS, {args.model} (Spearman x 100 of cosine similarity)"))
+    if args.json:
+        write_json(args.json, results, {"model": args.model, "dtype": args.dtype, "pooling": str(embedder.pooling)})
+        print(f"wrote {args.json}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jaxalign",
+        description="JAX/Flax training and evaluation for alignment objectives. "
+                    "Run `jaxalign COMMAND --help` for each command's options.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log loading details")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("embed", help="embed sentences (one per line) into a .npy matrix",
+                       description="Embed each non-blank line of --input; writes a float32 [N, D] .npy file.")
+    p.add_argument("--input", required=True, help="UTF-8 text file, one sentence per line")
+    p.add_argument("--output", required=True, help="where to write the .npy embeddings")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_embed)
+
+    ev = sub.add_parser("eval", help="evaluate a model", description="Evaluate a model on a benchmark family.")
+    ev_sub = ev.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    p = ev_sub.add_parser(
+        "sts", help="semantic textual similarity (Spearman x 100)",
+        description="Cosine similarity of embeddings vs gold scores, Spearman x 100, per task and averaged. "
+                    "DATA may be an STS-B sts-*.csv, a SentEval STS12-16 directory, SICK_test_annotated.txt, "
+                    "a directory holding any of these (searched recursively), hf:NAME[:SPLIT] for a Hugging Face "
+                    "dataset with sentence1/sentence2/score columns, or builtin:sts-mini.",
+    )
+    p.add_argument("--data", nargs="+", default=["builtin:sts-mini"], help="one or more data sets. Default: %(default)s")
+    p.add_argument("--split", default="test", choices=("train", "dev", "test"),
+                   help="which STS-B file to use when a directory holds all three. Default: %(default)s")
+    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_eval_sts)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        # Our loaders raise ValueError subclasses (CheckpointError, DataFormatError, ...) whose
+        # messages name the file, field and fix; a traceback adds nothing for the user.
+        if args.verbose:
+            raise
+        print(f"jaxalign: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
