@@ -7,6 +7,7 @@ and reports bad input as one line naming the file/field and the fix, without a t
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -90,6 +91,38 @@ def cmd_eval_sts(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from rich.console import Console
+
+    from jaxalign.config import load_recipe, to_dict
+    from jaxalign.train.config import TrainConfig
+
+    cfg = load_recipe(TrainConfig, args.recipe, args.overrides)
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        return 0
+    from jaxalign.train.trainer import train
+
+    summary = train(cfg)
+    console = Console()
+    evals = summary["eval"]
+    if evals:
+        first, last = min(evals), max(evals)
+        console.print(f"STS ({cfg.eval.data}, {cfg.eval.split}): step {first}: {evals[first]:.2f} -> "
+                      f"step {last}: {evals[last]:.2f}   (best {max(evals.values()):.2f})")
+    losses = summary["losses"]
+    if losses:
+        console.print(f"loss: {losses[min(losses)]:.4f} (step {min(losses)}) -> {losses[max(losses)]:.4f} "
+                      f"(step {max(losses)}); skipped non-finite steps: {summary['skipped']}; "
+                      f"{summary['examples_per_s']:.1f} examples/s")
+    if args.json:
+        payload = {k: v for k, v in summary.items() if k != "state"}
+        Path(args.json).write_text(json.dumps({"config": to_dict(cfg), **payload}, indent=2, default=str))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jaxalign",
@@ -105,6 +138,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="where to write the .npy embeddings")
     _add_model_args(p)
     p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser(
+        "train", help="train with a recipe (YAML) and key=value overrides",
+        description="Train with RECIPE (a YAML file; see experiments/) and dotted key=value overrides, e.g. "
+                    "`jaxalign train experiments/simcse_unsup_small.yaml optim.lr=1e-5 data.batch_size=32`. "
+                    "Sections: model, data, optim, objective, mesh, checkpoint, eval, log; top level: seed, steps, "
+                    "max_nonfinite, export. Use --print-config to see every option with its value.",
+    )
+    p.add_argument("recipe", nargs="?", default=None, help="YAML recipe; omitted: all defaults")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. optim.lr=1e-5")
+    p.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
+    p.add_argument("--json", default=None, help="write the run summary (losses, evaluations, throughput) here")
+    p.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("eval", help="evaluate a model", description="Evaluate a model on a benchmark family.")
     ev_sub = ev.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")

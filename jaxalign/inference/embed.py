@@ -124,15 +124,17 @@ class Embedder:
             self.encoder.tokenizer, sentences, batch_size=self.batch_size, max_length=self.max_length, buckets=self.buckets
         )
 
-    def __call__(self, sentences: Sequence[str], *, progress: bool = False, desc: str = "embedding") -> np.ndarray:
-        """[len(sentences), D] float32 embeddings, in input order."""
+    def __call__(self, sentences: Sequence[str], *, params=None, progress: bool = False, desc: str = "embedding") -> np.ndarray:
+        """[len(sentences), D] float32 embeddings, in input order; ``params`` overrides the
+        encoder's own (e.g. the parameters of a model being trained)."""
+        params = self.encoder.params if params is None else params
         if len(sentences) == 0:
             raise ValueError("nothing to embed: the sentence list is empty")
         batches = self.batches(sentences)
         results: list[tuple[np.ndarray, jax.Array]] = []
         # Dispatch everything before pulling results back, so host work overlaps device work.
         for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
-            results.append((batch.index, self.forward(self.encoder.params, *batch.arrays)))
+            results.append((batch.index, self.forward(params, *batch.arrays)))
         out = None
         for index, emb in results:
             emb = np.asarray(emb)

@@ -142,10 +142,13 @@ def load_encoder(
     mesh: Mesh | None = None,
     dtype=jnp.float32,
     param_dtype=jnp.float32,
+    num_layers: int | None = None,
 ) -> Encoder:
     """Loads an encoder checkpoint (and its tokenizer) for compute in ``dtype``.
 
     With ``mesh``, each parameter is created directly in its sharding over that mesh.
+    ``num_layers`` keeps only the first n transformer layers (a cheap smaller model for
+    CPU experiments); the other layers' tensors are never read.
     """
     path = resolve_model_path(name_or_path)
     hf = read_json(path / "config.json")
@@ -157,6 +160,12 @@ def load_encoder(
     checkpoint = SafetensorsCheckpoint(path)
     has_pooler = any(k.endswith(bert_weights.POOLER_TENSOR) for k in checkpoint.keys())
     config = BertConfig.from_hf(hf, with_pooler=has_pooler, source=str(path / "config.json"))
+    ignore = list(bert_weights.IGNORE)
+    if num_layers is not None:
+        if not 1 <= num_layers <= config.num_hidden_layers:
+            raise ValueError(f"num_layers={num_layers}: the checkpoint has {config.num_hidden_layers} layers")
+        ignore += [f"encoder.layer.{i}.*" for i in range(num_layers, config.num_hidden_layers)]
+        config = dataclasses.replace(config, num_hidden_layers=num_layers)
     abstract_model = nnx.eval_shape(lambda: BertEncoder(config, dtype=dtype, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract_model)
     params, axes = load_params(
@@ -167,7 +176,7 @@ def load_encoder(
         mesh=mesh,
         dtype=param_dtype,
         prefixes=bert_weights.PREFIXES,
-        ignore=bert_weights.IGNORE,
+        ignore=ignore,
     )
     pooling, st_max_len = sentence_transformers_defaults(path)
     max_length = min(st_max_len or config.max_position_embeddings, config.max_position_embeddings - config.position_offset)

@@ -1,0 +1,109 @@
+"""Deterministic, resumable batching of examples into static-shape token arrays.
+
+The order of epoch ``e`` is a permutation seeded by ``(seed, e)``, so the stream's whole
+state is two integers, ``(epoch, position)``, saved with every checkpoint: a resumed run
+sees exactly the batches an uninterrupted one would. Each process takes its contiguous
+slice of every global batch (``process_index`` of ``process_count``), so the same code
+feeds one host or many; :func:`to_global` assembles the slices into global arrays.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+
+from jaxalign.inference.embed import bucket_length
+
+
+@dataclasses.dataclass
+class StreamState:
+    epoch: int = 0
+    position: int = 0  # examples of this epoch already served (global count)
+
+
+class BatchStream:
+    """Global batches of ``batch_size`` examples; incomplete tail batches are dropped so every
+    batch has the same size (one compile per length bucket)."""
+
+    def __init__(self, examples: Sequence, batch_size: int, *, seed: int = 0, shuffle: bool = True,
+                 process_index: int | None = None, process_count: int | None = None):
+        if len(examples) < batch_size:
+            raise ValueError(f"the data has {len(examples)} examples, fewer than one batch of {batch_size}; "
+                             "lower data.batch_size or add data")
+        self.examples = examples
+        self.batch_size = batch_size
+        self.seed, self.shuffle = seed, shuffle
+        self.process_index = jax.process_index() if process_index is None else process_index
+        self.process_count = jax.process_count() if process_count is None else process_count
+        if batch_size % self.process_count:
+            raise ValueError(f"batch size {batch_size} is not divisible by the {self.process_count} processes")
+        self.state = StreamState()
+        self._order_epoch, self._order = -1, None
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return len(self.examples) // self.batch_size
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if self._order_epoch != epoch:
+            n = len(self.examples)
+            self._order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
+            self._order_epoch = epoch
+        return self._order
+
+    def next(self) -> list:
+        """This process's examples of the next global batch."""
+        if self.state.position + self.batch_size > len(self.examples):
+            self.state = StreamState(self.state.epoch + 1, 0)
+        order = self._permutation(self.state.epoch)
+        rows = order[self.state.position : self.state.position + self.batch_size]
+        self.state = StreamState(self.state.epoch, self.state.position + self.batch_size)
+        local = self.batch_size // self.process_count
+        rows = rows[self.process_index * local : (self.process_index + 1) * local]
+        return [self.examples[i] for i in rows]
+
+
+class Tokenized:
+    """Pre-tokenises every text column of the examples once (no tokenisation in the hot loop)."""
+
+    def __init__(self, tokenizer, examples: Sequence[tuple], text_columns: int, max_length: int):
+        self.pad_id = tokenizer.pad_token_id or 0
+        texts = sorted({ex[c] for ex in examples for c in range(text_columns)})
+        ids = tokenizer(texts, truncation=True, max_length=max_length, padding=False)["input_ids"]
+        self.ids = dict(zip(texts, ids))
+
+    def pad(self, texts: Sequence[str], length: int) -> tuple[np.ndarray, np.ndarray]:
+        """[n, length] input ids and attention mask."""
+        ids = np.full((len(texts), length), self.pad_id, np.int32)
+        mask = np.zeros((len(texts), length), np.int32)
+        for r, t in enumerate(texts):
+            tok = self.ids[t]
+            ids[r, : len(tok)] = tok
+            mask[r, : len(tok)] = 1
+        return ids, mask
+
+
+def collate(tokens: Tokenized, examples: Sequence[tuple], text_columns: int, buckets: Sequence[int], max_length: int,
+            numeric: Sequence[str] = ()) -> dict:
+    """Examples -> ``{"input_ids": [C, B, T], "attention_mask": [C, B, T], <numeric name>: [B], ...}``.
+
+    All C text columns share one bucket length T (the longest in the batch, rounded up), so a
+    step compiles once per bucket. The columns after the text ones (pair scores, teacher
+    scores) become float32 arrays named by ``numeric``.
+    """
+    columns = [[ex[c] for ex in examples] for c in range(text_columns)]
+    longest = max(len(tokens.ids[t]) for col in columns for t in col)
+    length = bucket_length(longest, buckets, max_length)
+    padded = [tokens.pad(col, length) for col in columns]
+    batch = {"input_ids": np.stack([p[0] for p in padded]), "attention_mask": np.stack([p[1] for p in padded])}
+    for i, name in enumerate(numeric):
+        batch[name] = np.asarray([ex[text_columns + i] for ex in examples], np.float32)
+    return batch
+
+
+def to_global(local: dict, shardings: dict) -> dict:
+    """Assembles per-process arrays into global jax.Arrays sharded by ``shardings``."""
+    return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in local.items()}

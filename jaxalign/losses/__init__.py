@@ -1,0 +1,1 @@
+"""Objectives: pure loss functions over embeddings and log-probabilities."""

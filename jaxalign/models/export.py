@@ -1,0 +1,61 @@
+"""Writing a trained encoder back as a Hugging Face / sentence-transformers checkpoint.
+
+The inverse of loading: the family's declarative table maps each parameter back to its
+checkpoint name and layout, so what `transformers` and `sentence-transformers` load from the
+exported directory computes the same embeddings as jaxalign did.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import save_file
+
+from jaxalign.models.bert import weights as bert_weights
+from jaxalign.models.registry import Encoder, read_json
+from jaxalign.ops.pooling import PoolingConfig
+from jaxalign.weights.loader import flatten
+
+ST_POOLING_KEYS = {"mean": "pooling_mode_mean_tokens", "cls": "pooling_mode_cls_token", "max": "pooling_mode_max_tokens",
+                   "last": "pooling_mode_lasttoken"}
+
+
+def export_hf(encoder: Encoder, params: dict, directory: str | Path, pooling: PoolingConfig | None = None) -> Path:
+    """Writes ``config.json``, ``model.safetensors``, the tokenizer and, where the pooling is one
+    sentence-transformers has, its ``modules.json`` / ``1_Pooling`` / ``2_Normalize`` files."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    pooling = pooling or encoder.pooling
+    cfg = encoder.config
+    flat = {k: np.asarray(v, np.float32) for k, v in flatten(params).items()}
+    tensors = {}
+    for rule in (r for rule in bert_weights.RULES for r in rule.expand(cfg.num_hidden_layers)):
+        if rule.ours in flat:
+            value = flat[rule.ours]
+            tensors[rule.theirs] = np.ascontiguousarray(value.T if rule.transpose else value)
+    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+
+    hf = read_json(encoder.path / "config.json")
+    hf.update(num_hidden_layers=cfg.num_hidden_layers, architectures=[{"bert": "BertModel", "roberta": "RobertaModel",
+                                                                       "xlm-roberta": "XLMRobertaModel"}[cfg.model_type]])
+    (directory / "config.json").write_text(json.dumps(hf, indent=2))
+    encoder.tokenizer.save_pretrained(str(directory))
+
+    if pooling.mode in ST_POOLING_KEYS and pooling.layer == -1 and pooling.truncate_dim is None:
+        modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                   {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+        (directory / "1_Pooling").mkdir(exist_ok=True)
+        st_pool = {"word_embedding_dimension": cfg.hidden_size, **{v: k == pooling.mode for k, v in ST_POOLING_KEYS.items()}}
+        (directory / "1_Pooling" / "config.json").write_text(json.dumps(st_pool, indent=2))
+        if pooling.normalize:
+            (directory / "2_Normalize").mkdir(exist_ok=True)
+            modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+        (directory / "modules.json").write_text(json.dumps(modules, indent=2))
+        (directory / "sentence_bert_config.json").write_text(
+            json.dumps({"max_seq_length": encoder.max_length, "do_lower_case": False}, indent=2))
+    return directory
+
+
+__all__ = ["export_hf"]

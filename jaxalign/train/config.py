@@ -1,0 +1,144 @@
+"""The training configuration, one typed dataclass per concern.
+
+Each section validates itself in ``__post_init__`` so a bad recipe fails on load with the
+field name and the fix, before any model is read or step compiled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from jaxalign.config import ConfigError
+from jaxalign.sharding.mesh import MeshConfig
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise ConfigError(message)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    name: str = "all-MiniLM-L6-v2"
+    dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype; master weights stay float32
+    pooling: str | None = None  # default: the checkpoint's sentence-transformers pooling
+    max_length: int = 32
+    num_layers: int | None = None  # keep only the first n transformer layers (small CPU recipes)
+    dropout: bool = True  # the checkpoint's dropout rates in training (SimCSE needs them); false: deterministic
+
+    def __post_init__(self):
+        _check(self.max_length >= 4, f"model.max_length={self.max_length}: must be >= 4")
+        _check(self.num_layers is None or self.num_layers >= 1, "model.num_layers: must be >= 1 or null")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    # sentences: one per line (unsup. SimCSE); nli: SNLI/MNLI triplets; pairs: scored sentence pairs
+    kind: Literal["sentences", "nli", "pairs"] = "sentences"
+    path: str = "builtin:sentences-mini"
+    batch_size: int = 64  # global batch, split over the mesh's data axes
+    shuffle: bool = True
+    max_examples: int | None = None
+    buckets: tuple[int, ...] = (16, 32, 64, 128, 256, 512)
+
+    def __post_init__(self):
+        _check(self.batch_size >= 2, f"data.batch_size={self.batch_size}: contrastive training needs >= 2")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 3e-5
+    weight_decay: float = 0.0  # decoupled (AdamW); never applied to biases and norms
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    schedule: Literal["constant", "linear", "cosine"] = "linear"
+    warmup_steps: int = 0
+    clip_norm: float | None = 1.0
+    grad_accum: int = 1
+
+    def __post_init__(self):
+        _check(self.lr > 0, f"optim.lr={self.lr}: must be > 0")
+        _check(self.warmup_steps >= 0, "optim.warmup_steps: must be >= 0")
+        _check(self.grad_accum >= 1, f"optim.grad_accum={self.grad_accum}: must be >= 1")
+        _check(self.clip_norm is None or self.clip_norm > 0, "optim.clip_norm: must be > 0 or null")
+
+
+@dataclasses.dataclass(frozen=True)
+class WhiteningConfig:
+    groups: int = 32
+    method: Literal["zca", "cholesky", "newton_schulz"] = "zca"
+    eps: float = 0.0  # shrinkage towards the identity
+    stop_gradient: bool = True  # detach W, as the released WhitenedCSE code does
+    num_pos: int = 2  # positives per anchor, each with its own channel shuffle
+    # Statistics over the global batch (default: identical on any mesh, like the single-device
+    # run) or per data-parallel shard (like per-device BatchNorm, no collectives).
+    statistics: Literal["global", "per_shard"] = "global"
+    ns_iters: int = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveConfig:
+    # simcse: InfoNCE with in-batch (+ hard) negatives: dropout views for `sentences` data
+    # (unsupervised SimCSE), triplets for `nli` (supervised SimCSE), MNRL for `pairs`.
+    name: Literal["simcse", "whitenedcse", "cosent", "angle", "matryoshka", "2dmse", "dse"] = "simcse"
+    temperature: float = 0.05
+    symmetric: bool = False
+    hard_negative_weight: float = 0.0
+    head: Literal["none", "mlp"] = "none"  # SimCSE's training-only MLP over the pooled embedding
+    whitening: WhiteningConfig = WhiteningConfig()
+    cosent_scale: float = 20.0
+    matryoshka_dims: tuple[int, ...] = (384, 256, 128, 64, 32)
+    kl_temperature: float = 0.3
+    dse_alpha: float = 0.5
+    teacher: str | None = None  # DSE: teacher encoder whose pair scores are distilled
+    cache_chunk: int | None = None  # GradCache: embed in chunks of this many rows
+
+    def __post_init__(self):
+        _check(self.temperature > 0, f"objective.temperature={self.temperature}: must be > 0")
+        _check(self.cache_chunk is None or self.cache_chunk >= 1, "objective.cache_chunk: must be >= 1 or null")
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    dir: str | None = None  # null: no checkpoints
+    every: int = 500
+    keep_last: int = 2
+    keep_best: int = 1
+    async_save: bool = True
+    resume: bool = True  # continue from the newest complete checkpoint in dir, if any
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    data: str | None = "builtin:sts-mini"  # STS data for periodic evaluation (e.g. STS-B dev)
+    split: Literal["train", "dev", "test"] = "dev"
+    every: int = 125
+    batch_size: int = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class LogConfig:
+    dir: str | None = None  # metrics.jsonl and TensorBoard events; null: no files
+    every: int = 10
+    tensorboard: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    optim: OptimConfig = OptimConfig()
+    objective: ObjectiveConfig = ObjectiveConfig()
+    mesh: MeshConfig = MeshConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    eval: EvalConfig = EvalConfig()
+    log: LogConfig = LogConfig()
+    seed: int = 0
+    steps: int = 100
+    max_nonfinite: int = 5  # stop after this many consecutive non-finite steps (each is skipped)
+    export: str | None = None  # write a Hugging Face checkpoint of the trained encoder here
+
+    def __post_init__(self):
+        _check(self.steps >= 1, f"steps={self.steps}: must be >= 1")

@@ -1,0 +1,101 @@
+"""The one training-step builder every objective plugs into.
+
+An objective supplies ``loss_fn(params, batch, rng) -> (loss, metrics)`` (or its own
+``value_and_grad`` with the same signature, e.g. GradCache). :func:`build_train_step`
+turns it into a pure ``(state, batch) -> (state, metrics)`` function, compiled once per
+batch shape with explicit shardings and the state's buffers donated.
+
+Non-finite steps (NaN/Inf in the loss or any gradient) leave parameters and optimiser state
+untouched; the state counts them (``nonfinite``, consecutive) so the loop can stop with a
+clear message after several in a row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+LossFn = Callable[[Any, Any, jax.Array], tuple[jax.Array, dict]]
+
+
+@dataclasses.dataclass
+class TrainState:
+    """step: micro-steps taken; rng: raw uint32 base key (per-step keys are ``fold_in(rng, step)``,
+    so a resumed run draws exactly the same dropout masks); nonfinite: consecutive skipped steps;
+    skipped: all skipped steps."""
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    rng: jax.Array
+    nonfinite: jax.Array
+    skipped: jax.Array
+
+    @classmethod
+    def create(cls, params, optimizer: optax.GradientTransformation, seed: int) -> "TrainState":
+        zero = jnp.zeros((), jnp.int32)
+        return cls(zero, params, optimizer.init(params), jax.random.PRNGKey(seed), zero, zero)
+
+
+jax.tree_util.register_dataclass(
+    TrainState, data_fields=["step", "params", "opt_state", "rng", "nonfinite", "skipped"], meta_fields=[]
+)
+
+
+def _all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def make_step(
+    optimizer: optax.GradientTransformation,
+    loss_fn: LossFn | None = None,
+    *,
+    value_and_grad: Callable | None = None,
+    schedule: optax.Schedule | None = None,
+    grad_accum: int = 1,
+) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
+    """The pure step. Pass ``loss_fn`` or a custom ``value_and_grad`` returning
+    ``((loss, metrics), grads)``."""
+    if value_and_grad is None:
+        if loss_fn is None:
+            raise ValueError("make_step needs loss_fn or value_and_grad")
+        value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def step(state: TrainState, batch) -> tuple[TrainState, dict]:
+        rng = jax.random.fold_in(state.rng, state.step)
+        (loss, metrics), grads = value_and_grad(state.params, batch, rng)
+        finite = jnp.isfinite(loss) & _all_finite(grads)
+        updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
+        new_params = optax.apply_updates(state.params, updates)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+        skipped = (~finite).astype(jnp.int32)
+        new_state = TrainState(
+            step=state.step + 1,
+            params=keep(new_params, state.params),
+            opt_state=keep(new_opt_state, state.opt_state),
+            rng=state.rng,
+            nonfinite=jnp.where(finite, 0, state.nonfinite + 1),
+            skipped=state.skipped + skipped,
+        )
+        out = {"loss": loss, "grad_norm": optax.global_norm(grads), "skipped": skipped, **metrics}
+        if schedule is not None:
+            out["lr"] = schedule(state.step // grad_accum)
+        return new_state, out
+
+    return step
+
+
+def jit_step(step, state_shardings, batch_shardings, *, donate: bool = True):
+    """Compiles ``step`` with explicit in/out shardings; the old state's buffers are donated."""
+    return jax.jit(
+        step,
+        in_shardings=(state_shardings, batch_shardings),
+        out_shardings=(state_shardings, None),
+        donate_argnums=(0,) if donate else (),
+    )
