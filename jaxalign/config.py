@@ -54,6 +54,8 @@ def _coerce(value: Any, tp, where: str):
         (item,) = typing.get_args(tp)[:1]
         if isinstance(value, str):
             value = [v for v in value.strip("()[] ").split(",") if v.strip()]
+        elif isinstance(value, (int, float)):
+            value = [value]  # `data.buckets=16` on the command line parses as a scalar
         if not isinstance(value, Sequence):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         return origin(_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))

@@ -157,17 +157,22 @@ class ContrastiveObjective:
         return dse_loss(logits, batch["teacher"], task, alpha=cfg.dse_alpha), {"task_loss": task}
 
     def _loss_2d(self, e: jax.Array, rng: jax.Array) -> tuple[jax.Array, dict]:
-        """Samples a layer n in [1, L-1] and a Matryoshka dim per step (traced: no recompiles)."""
+        """Samples a layer n in [1, L-1] and a Matryoshka dim per step. Both are traced (the dim
+        through ``lax.switch`` over the static choices), so sampling never recompiles."""
         num_layers = e.shape[1] - 1
         k_layer, k_dim = jax.random.split(rng)
         n = jax.random.randint(k_layer, (), 1, num_layers)
-        dims = jnp.asarray(self.cfg.matryoshka_dims)
-        d = dims[jax.random.randint(k_dim, (), 0, len(self.cfg.matryoshka_dims))]
+        dims = self.cfg.matryoshka_dims
+        which = jax.random.randint(k_dim, (), 0, len(dims))
         last = [x[-1] for x in e]
         sampled = [jax.lax.dynamic_index_in_dim(x, n, 0, keepdims=False) for x in e]
-        loss, metrics = matryoshka_2d_loss(self._info_nce, last, sampled, layer_index=n, dim=d,
-                                           kl_temperature=self.cfg.kl_temperature)
-        return loss, {**metrics, "layer": n, "dim": d}
+        branches = [
+            lambda last, sampled, n, d=d: matryoshka_2d_loss(self._info_nce, last, sampled, layer_index=n, dim=d,
+                                                             kl_temperature=self.cfg.kl_temperature)
+            for d in dims
+        ]
+        loss, metrics = jax.lax.switch(which, branches, last, sampled, n)
+        return loss, {**metrics, "layer": n, "dim": jnp.asarray(dims)[which]}
 
 
 def loss_fn(objective: ContrastiveObjective) -> Callable:

@@ -66,8 +66,9 @@ class Run:
     head: dict  # initial head parameters
 
     @classmethod
-    def build(cls, cfg: TrainConfig) -> "Run":
-        mesh = make_mesh(cfg.mesh)
+    def build(cls, cfg: TrainConfig, devices=None) -> "Run":
+        """``devices`` restricts the mesh to a subset (default: all devices)."""
+        mesh = make_mesh(cfg.mesh, devices)
         check_batch_size(cfg.data.batch_size, mesh, "data.batch_size")
         dtype = jnp.bfloat16 if cfg.model.dtype == "bfloat16" else jnp.float32
         encoder = load_encoder(cfg.model.name, mesh=mesh, dtype=dtype, num_layers=cfg.model.num_layers)
@@ -174,7 +175,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
                 raise NonFiniteError(
                     f"{cfg.max_nonfinite} consecutive steps had NaN/Inf loss or gradients (each was skipped); "
                     "lower optim.lr, enable optim.clip_norm, or use model.dtype=float32")
-            prev = {"nonfinite": state.nonfinite}
+            prev = metrics
             done = step + 1
             if done % cfg.log.every == 0 or done == cfg.steps:
                 host = {k: float(v) for k, v in jax.device_get(metrics).items()}
