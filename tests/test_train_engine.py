@@ -113,7 +113,7 @@ def test_one_compile_per_bucket():
 def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     common = ["steps=6", "checkpoint.every=3", "mesh.data=2", "mesh.fsdp=4"]
     straight = train(config(*common, f"checkpoint.dir={tmp_path / 'a'}"), progress=False)
-    first = train(config(*common, "steps=3", f"checkpoint.dir={tmp_path / 'b'}"), progress=False)
+    first = train(config(*common, f"checkpoint.dir={tmp_path / 'b'}"), progress=False, stop_at=3)
     assert first["resumed_from"] == 0
     # A save killed midway leaves only an unfinalised temporary directory: it must be ignored.
     (tmp_path / "b" / "last" / "5.orbax-checkpoint-tmp-0").mkdir(parents=True)

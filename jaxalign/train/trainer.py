@@ -147,8 +147,13 @@ class StsEvaluator:
         return float(np.mean([r.all for r in results]))
 
 
-def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
-    """Runs training; returns a summary (first/last losses, eval scores, steps, throughput)."""
+def train(cfg: TrainConfig, *, progress: bool = True, stop_at: int | None = None) -> dict:
+    """Runs training; returns a summary (losses, eval scores, steps, throughput, final state).
+
+    ``stop_at`` ends this invocation after that step (with a checkpoint), as a preempted or
+    time-sliced job would; running again with the same config resumes from there.
+    """
+    end = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
     maybe_initialize_distributed()
     run = Run.build(cfg)
     evaluator = StsEvaluator(run)
@@ -167,7 +172,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
     bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
     examples_seen, t0, prev = 0, time.perf_counter(), None
     try:
-        for step in range(start, cfg.steps):
+        for step in range(start, end):
             state, metrics = step_fn(state, run.next_batch())
             examples_seen += cfg.data.batch_size
             # Read the previous step's counters while this one runs: no stall of the pipeline.
@@ -177,20 +182,20 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
                     "lower optim.lr, enable optim.clip_norm, or use model.dtype=float32")
             prev = metrics
             done = step + 1
-            if done % cfg.log.every == 0 or done == cfg.steps:
+            if done % cfg.log.every == 0 or done == end:
                 host = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 host["examples_per_s"] = examples_seen / (time.perf_counter() - t0)
                 summary["losses"][done] = host["loss"]
                 writer.write(done, host)
                 bar.set_postfix(loss=f"{host['loss']:.4f}", ex_s=f"{host['examples_per_s']:.0f}")
-            if evaluator.tasks and (done % cfg.eval.every == 0 or done == cfg.steps):
+            if evaluator.tasks and (done % cfg.eval.every == 0 or done == end):
                 score = evaluator(state.params["encoder"])
                 summary["eval"][done] = score
                 writer.write(done, {"eval/sts": score})
                 if ckpt is not None:
                     ckpt.save_best(done, state, run.stream.state, score)
             if ckpt is not None:
-                ckpt.save(done, state, run.stream.state, force=done == cfg.steps)
+                ckpt.save(done, state, run.stream.state, force=done == end)
             bar.update(1)
     finally:
         bar.close()
@@ -198,9 +203,9 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
         if ckpt is not None:
             ckpt.wait()
             ckpt.close()
-    summary.update(steps=cfg.steps, skipped=int(state.skipped),
+    summary.update(steps=end, skipped=int(state.skipped),
                    examples_per_s=examples_seen / max(time.perf_counter() - t0, 1e-9))
-    if cfg.export:
+    if cfg.export and end == cfg.steps:
         from jaxalign.models.export import export_hf
 
         export_hf(run.encoder, jax.device_get(state.params["encoder"]), cfg.export, run.objective.pooling)
