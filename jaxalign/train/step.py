@@ -83,7 +83,7 @@ def make_step(
             nonfinite=jnp.where(finite, 0, state.nonfinite + 1),
             skipped=state.skipped + skipped,
         )
-        out = {"loss": loss, "grad_norm": optax.global_norm(grads), "skipped": skipped,
+        out = {"loss": loss, "grad_norm": optax.tree.norm(grads), "skipped": skipped,
                "nonfinite": new_state.nonfinite, **metrics}
         if schedule is not None:
             out["lr"] = schedule(state.step // grad_accum)
