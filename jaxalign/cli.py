@@ -83,10 +83,21 @@ def cmd_eval_sts(args) -> int:
 
     tasks = [t for spec in args.data for t in load_sts(spec, split=args.split)]
     embedder = _embedder(args)
-    results = evaluate_sts(lambda s: embedder(s, progress=True), tasks)
-    Console().print(render_table(results, title=f"STS, {args.model} (Spearman x 100 of cosine similarity)"))
+    embed = lambda s: embedder(s, progress=True)
+    title = f"STS, {args.model} (Spearman x 100 of cosine similarity)"
+    if args.bert_whitening:
+        from jaxalign.data.corpora import read_sentences
+        from jaxalign.losses.whitening import apply_whitening, bert_whitening
+
+        corpus = [ex[0] for ex in read_sentences(args.bert_whitening)]
+        mu, w = bert_whitening(embed(corpus), k=args.whitening_dim)
+        embed = lambda s, raw=embed: apply_whitening(raw(s), mu, w)
+        title += f", BERT-whitened (k={w.shape[1]}, fit on {len(corpus)} sentences)"
+    results = evaluate_sts(embed, tasks)
+    Console().print(render_table(results, title=title))
     if args.json:
-        write_json(args.json, results, {"model": args.model, "dtype": args.dtype, "pooling": str(embedder.pooling)})
+        write_json(args.json, results, {"model": args.model, "dtype": args.dtype, "pooling": str(embedder.pooling),
+                                        "bert_whitening": args.bert_whitening, "whitening_dim": args.whitening_dim})
         print(f"wrote {args.json}")
     return 0
 
@@ -165,6 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=("train", "dev", "test"),
                    help="which STS-B file to use when a directory holds all three. Default: %(default)s")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument("--bert-whitening", default=None, metavar="CORPUS",
+                   help="post-hoc BERT-whitening: fit y = (x - mu) U diag(S^-1/2)[:, :k] on the embeddings of CORPUS "
+                        "(one sentence per line, or builtin:sentences-mini) and score the whitened embeddings")
+    p.add_argument("--whitening-dim", type=int, default=None,
+                   help="k: keep the k highest-variance whitened dimensions (default: all)")
     _add_model_args(p)
     p.set_defaults(func=cmd_eval_sts)
     return parser

@@ -36,3 +36,13 @@ def test_help_documents_every_option():
     parser = build_parser()
     for action in parser._subparsers._group_actions[0].choices["embed"]._actions:
         assert action.help, action.dest
+
+
+def test_eval_sts_with_bert_whitening(tmp_path):
+    import json
+
+    out = tmp_path / "w.json"
+    argv = ["eval", "sts", "--bert-whitening", "builtin:sentences-mini", "--whitening-dim", "64", "--json", str(out)]
+    assert main(argv) == 0
+    payload = json.loads(out.read_text())
+    assert payload["whitening_dim"] == 64 and -100 <= payload["tasks"]["sts-mini"]["all"] <= 100
