@@ -18,8 +18,7 @@ from tqdm.auto import tqdm
 from jaxalign.models.registry import Encoder
 from jaxalign.ops.pooling import PoolingConfig, pool
 from jaxalign.sharding.mesh import check_batch_size
-from jaxalign.sharding.rules import named_sharding
-from jaxalign.weights.loader import shardings_for
+from jaxalign.sharding.rules import named_sharding, tree_shardings
 
 DEFAULT_BUCKETS = (16, 32, 64, 128, 256, 512)
 
@@ -92,7 +91,7 @@ def jit_encode(encoder: Encoder, pooling: PoolingConfig, mesh: Mesh | None = Non
         return jax.jit(f)
     tokens = named_sharding(mesh, ("batch", "length"))
     out = named_sharding(mesh, ("batch", None))
-    return jax.jit(f, in_shardings=(shardings_for(mesh, encoder.axes, encoder.params), tokens, tokens, tokens), out_shardings=out)
+    return jax.jit(f, in_shardings=(tree_shardings(mesh, encoder.axes, encoder.params), tokens, tokens, tokens), out_shardings=out)
 
 
 class Embedder:

@@ -162,16 +162,3 @@ def load_params(
         axes[path] = rule.axes
     return unflatten(params, abstract), unflatten(axes, abstract)
 
-
-def shardings_for(mesh: Mesh, axes: Mapping, params: Mapping) -> dict:
-    """Nested dict of NamedSharding for ``params`` laid out by logical ``axes``."""
-    flat_axes, flat_params = flatten(axes), flatten(params)
-    return unflatten({p: named_sharding(mesh, flat_axes[p], flat_params[p].shape, name=p) for p in flat_params}, params)
-
-
-def place(params: Mapping, shardings: Mapping) -> dict:
-    """Moves already-loaded params onto ``shardings`` (a tree of NamedSharding)."""
-    return jax.tree.map(lambda x, s: jax.device_put(x, s), dict(params), dict(shardings))
-
-
-
