@@ -13,7 +13,10 @@ Numerics, decided once for every caller:
   ``Precision.HIGHEST``: on TPU (and with TF32 on GPU) the default float32 matmul rounds its inputs
   to bfloat16, which is too coarse for a covariance that is about to be inverted.
 * Shrinkage ``Σ̃ = (1 - eps) Σ + eps I``, ``eps`` in the units of ``Σ`` (absolute, not relative to
-  its trace). ``W`` whitens ``Σ̃``: ``Wᵀ Σ̃ W = I``.
+  its trace). ``W`` whitens ``Σ̃``: ``Wᵀ Σ̃ W = I``. The eigenvalues of ``Σ̃`` are at least ``eps``,
+  so ZCA clamps the computed ones there and stays finite for any ``eps > 0``; Cholesky has no such
+  guard and returns NaN unless ``eps`` clears float32 rounding of ``Σ`` (a few ``1e-7 λ_max``);
+  Newton-Schulz is finite whenever ``tr Σ̃ > 0``.
 * ZCA differentiates through its own closed-form rule (see ``_zca``), not through ``eigh``:
   autodiff of ``eigh`` divides by eigenvalue gaps and returns inf/NaN for the repeated
   eigenvalues that rank-deficient data plus shrinkage produce.
@@ -59,22 +62,27 @@ def _check_options(method: str, eps: float, ns_iters: int) -> None:
         raise ValueError(f"ns_iters must be >= 1 for method='newton_schulz', got {ns_iters}")
 
 
-@jax.custom_jvp
-def _zca(cov: jax.Array) -> jax.Array:
-    """``cov [..., d, d]`` symmetric positive definite -> ``cov^-1/2`` via ``eigh``."""
+def _eigh_inv_sqrt(cov: jax.Array, floor: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Eigenvectors ``U``, ``r = √S`` and ``U diag(1/r) Uᵀ`` of a symmetric ``cov [..., d, d]``."""
     s, u = jnp.linalg.eigh(cov)
-    return _mm(u * lax.rsqrt(s)[..., None, :], _t(u))
+    # Σ̃'s eigenvalues are >= eps exactly; float32 rounding (~1e-7 λ_max) could push them below, even negative.
+    r = jnp.sqrt(jnp.maximum(s, floor))
+    return u, r, _mm(u / r[..., None, :], _t(u))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _zca(cov: jax.Array, floor: float) -> jax.Array:
+    """``cov^-1/2`` of a symmetric ``cov [..., d, d]`` whose eigenvalues are ``>= floor``."""
+    return _eigh_inv_sqrt(cov, floor)[2]
 
 
 @_zca.defjvp
-def _zca_jvp(primals, tangents):
+def _zca_jvp(floor, primals, tangents):
+    (cov,), (dcov,) = primals, tangents
+    u, r, w = _eigh_inv_sqrt(cov, floor)
     # Daleckii-Krein: d f(Σ) = U (F ∘ Uᵀ dΣ U) Uᵀ with F_ij = (f(s_i) - f(s_j)) / (s_i - s_j). For
     # f(s) = s^-1/2 and r = √s this divided difference is exactly -1 / (r_i r_j (r_i + r_j)), which
     # has no cancellation and tends to f'(s_i) as s_j -> s_i, so repeated eigenvalues are harmless.
-    (cov,), (dcov,) = primals, tangents
-    s, u = jnp.linalg.eigh(cov)
-    r = jnp.sqrt(s)
-    w = _mm(u / r[..., None, :], _t(u))
     ri, rj = r[..., :, None], r[..., None, :]
     f = -1.0 / (ri * rj * (ri + rj))
     dsym = 0.5 * (dcov + _t(dcov))  # eigh reads the symmetric part of its input
@@ -89,21 +97,23 @@ def _cholesky(cov: jax.Array) -> jax.Array:
     return _t(l_inv)
 
 
+def _coupled_newton_schulz_step(_, yz):
+    # module-level, not a closure, so that eager calls hit JAX's trace cache
+    y, z = yz
+    t = 1.5 * jnp.eye(y.shape[-1], dtype=y.dtype) - 0.5 * _mm(z, y)
+    return _mm(y, t), _mm(t, z)
+
+
 def _newton_schulz(cov: jax.Array, iters: int) -> jax.Array:
-    # IterNorm's P_{k+1} = 1.5 P_k - 0.5 P_k³ Σ_N written literally is unstable: near the fixed point
-    # it multiplies rounding errors by |1 - (r + r²)/2| per step, r² an eigenvalue ratio, which
-    # exceeds 1 once the condition number passes ~2.4 (in float32 at condition number 10 it diverges
-    # after 20-30 steps; float64 only delays it). The coupled form (Higham) produces the same iterates in exact arithmetic, Z_k = P_k
-    # with Y_k = Σ_N P_k, for the same three matmuls per step, and stays at the fixed point.
+    # IterNorm's P_{k+1} = 1.5 P_k - 0.5 P_k³ Σ_N written literally is unstable: near the fixed
+    # point it multiplies rounding errors by |1 - (r + r²)/2| per step, r² an eigenvalue ratio,
+    # which exceeds 1 once the condition number passes ~2.4 (at condition number 10 float32
+    # diverges after 20-30 steps; float64 only delays it). The coupled form (Higham) has the same
+    # iterates in exact arithmetic, Z_k = P_k and Y_k = Σ_N P_k, costs the same three matmuls per
+    # step, and stays at the fixed point.
     trace = jnp.trace(cov, axis1=-2, axis2=-1)[..., None, None]
     eye = jnp.broadcast_to(jnp.eye(cov.shape[-1], dtype=cov.dtype), cov.shape)
-
-    def step(_, yz):
-        y, z = yz
-        t = 1.5 * eye - 0.5 * _mm(z, y)
-        return _mm(y, t), _mm(t, z)
-
-    _, z = lax.fori_loop(0, iters, step, (cov / trace, eye))
+    _, z = lax.fori_loop(0, iters, _coupled_newton_schulz_step, (cov / trace, eye))
     return z / jnp.sqrt(trace)
 
 
@@ -133,7 +143,7 @@ def whitening_matrix(cov: jax.Array, *, method: str = "zca", eps: float = 0.0, n
     if eps:
         cov = (1.0 - eps) * cov + eps * jnp.eye(cov.shape[-1], dtype=cov.dtype)
     if method == "zca":
-        return _zca(cov)
+        return _zca(cov, eps)
     if method == "cholesky":
         return _cholesky(cov)
     return _newton_schulz(cov, ns_iters)
