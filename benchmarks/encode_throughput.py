@@ -8,8 +8,9 @@ size and maximum length:
 * ``jaxalign``: ``jaxalign.inference.embed.Embedder`` (length-bucketed batches, one jit
   compilation per bucket shape);
 * ``sentence-transformers``: ``SentenceTransformer(...).encode``, the reference users compare with;
-* ``transformers``: ``AutoModel`` + ``AutoTokenizer`` with mean pooling under
-  ``torch.inference_mode()``, the same model without sentence-transformers' wrapper.
+* ``transformers``: ``AutoModel`` + ``AutoTokenizer`` (padding to the longest sentence in the
+  batch), mean pooling and L2 normalisation under ``torch.inference_mode()``: the same model
+  without sentence-transformers' wrapper.
 
 Why: jaxalign replaces the PyTorch stack for embedding and evaluation, so its speed on the same
 machine is only meaningful next to those references. To compare like with like, every
@@ -36,11 +37,14 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
 from itertools import cycle, islice
 from pathlib import Path
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("JAXALIGN_DATA", REPO.parent / "shared" / "data"))
@@ -48,29 +52,33 @@ WIKI = DATA / "wiki" / "wiki1m_for_simcse.head.txt"
 MODEL = "all-MiniLM-L6-v2"
 PARITY_MIN_COSINE = {"float32": 0.9999, "bfloat16": 0.99}  # bfloat16 keeps ~3 significant digits
 
-Encode = Callable[[Sequence[str]], "np.ndarray"]  # noqa: F821 (numpy is imported lazily)
+Encode = Callable[[Sequence[str]], np.ndarray]  # sentences -> [N, D] embeddings
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         epilog="See benchmarks/README.md for what is measured and results on the project's machine.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--batch-size", type=int, default=64, help="sentences per batch, the same for every implementation")
-    p.add_argument("--num-sentences", type=int, default=2048,
-                   help="sentences encoded per timed call (the data file is cycled if it has fewer)")
-    p.add_argument("--repeats", type=int, default=3, help="timed calls per implementation after one warm-up call; the median is reported")
+    p.add_argument("--batch-size", type=int, default=64,
+                   help="sentences per batch, the same for every implementation. Default: %(default)s")
+    p.add_argument("--num-sentences", type=int, default=256,
+                   help="sentences encoded per timed call (the data file is cycled if it has fewer); kept small by "
+                        "default so that a run takes under about 3 minutes on 2 cores. Default: %(default)s")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="timed calls per implementation after one warm-up call; the median is reported. "
+                        "Default: %(default)s")
     p.add_argument("--dtype", choices=sorted(PARITY_MIN_COSINE), default="float32",
-                   help="jaxalign compute dtype (parameters and pooling stay float32); the PyTorch references always run float32")
+                   help="jaxalign compute dtype (parameters and pooling stay float32); the PyTorch references always "
+                        "run float32. Default: %(default)s")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch intra-op threads (torch.set_num_threads); default: torch's own choice. "
+                   help="torch intra-op threads (torch.set_num_threads). Default: torch's own default. "
                         "XLA always uses its own thread pool over all cores")
     p.add_argument("--data", type=Path, default=None,
                    help=f"text file, one sentence per line (default: {WIKI}, falling back to the built-in STS mini "
                         "sentences if it is missing)")
     p.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "encode_throughput.json",
-                   help="where to write the results as JSON")
+                   help="where to write the results as JSON. Default: %(default)s")
     args = p.parse_args(argv)
     for name in ("batch_size", "num_sentences", "repeats", "threads"):
         value = getattr(args, name)
@@ -81,8 +89,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def load_sentences(path: Path | None, n: int) -> tuple[list[str], str]:
-    """``n`` sentences and a line saying where they came from."""
+def load_sentences(path: Path | None, n: int) -> tuple[list[str], str, bool]:
+    """``n`` sentences, a line saying where they came from, and whether that is the fallback."""
     if path is None and WIKI.is_file():
         path = WIKI
     if path is not None:
@@ -90,6 +98,7 @@ def load_sentences(path: Path | None, n: int) -> tuple[list[str], str]:
         if not pool:
             sys.exit(f"{path}: no non-blank lines")
         source = f"{path} (first {min(n, len(pool))} of {len(pool)} lines" + (", cycled)" if n > len(pool) else ")")
+        fallback = False
     else:
         from jaxalign.data.sts import builtin_path, read_stsb
 
@@ -97,7 +106,8 @@ def load_sentences(path: Path | None, n: int) -> tuple[list[str], str]:
         pairs = read_stsb(builtin).subsets[0]
         pool = list(dict.fromkeys(pairs.sentences1 + pairs.sentences2))
         source = f"FALLBACK: {WIKI} is missing; using the {len(pool)} distinct sentences of {builtin}, repeated"
-    return list(islice(cycle(pool), n)), source
+        fallback = True
+    return list(islice(cycle(pool), n)), source, fallback
 
 
 def jaxalign_runner(encoder, batch_size: int, max_length: int) -> Encode:
@@ -114,8 +124,12 @@ def sentence_transformers_runner(path: Path, batch_size: int, max_length: int) -
     return lambda sentences: model.encode(list(sentences), batch_size=batch_size, convert_to_numpy=True)
 
 
+def by_char_length(sentences: Sequence[str]) -> list[int]:
+    """Indices longest first by characters, the order sentence-transformers batches in."""
+    return sorted(range(len(sentences)), key=lambda i: -len(sentences[i]))
+
+
 def transformers_runner(path: Path, batch_size: int, max_length: int) -> Encode:
-    import numpy as np
     import torch
     from transformers import AutoModel, AutoTokenizer
 
@@ -123,7 +137,7 @@ def transformers_runner(path: Path, batch_size: int, max_length: int) -> Encode:
     model = AutoModel.from_pretrained(str(path)).eval()
 
     def encode(sentences: Sequence[str]) -> np.ndarray:
-        order = sorted(range(len(sentences)), key=lambda i: -len(sentences[i]))
+        order = by_char_length(sentences)
         out = np.empty((len(sentences), model.config.hidden_size), np.float32)
         with torch.inference_mode():
             for start in range(0, len(order), batch_size):
@@ -139,15 +153,30 @@ def transformers_runner(path: Path, batch_size: int, max_length: int) -> Encode:
     return encode
 
 
-def min_cosine(a, b) -> float:
-    import numpy as np
-
+def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
     a = a / np.linalg.norm(a, axis=1, keepdims=True)
     b = b / np.linalg.norm(b, axis=1, keepdims=True)
     return float((a * b).sum(1).min())
 
 
-def timed(fn: Encode, sentences: Sequence[str]):
+def padding_stats(embedder, sentences: Sequence[str]) -> dict:
+    """Real tokens against token positions computed. jaxalign pads every batch to ``batch_size``
+    rows and a bucket length; the PyTorch runners pad each batch of the character-length order to
+    its longest row."""
+    lengths = [len(ids) for ids in embedder.encoder.tokenizer(
+        list(sentences), truncation=True, max_length=embedder.max_length)["input_ids"]]
+    order, bs = by_char_length(sentences), embedder.batch_size
+    batches = embedder.batches(sentences)
+    return {
+        "real_tokens": sum(lengths),
+        "jaxalign_positions": sum(b.input_ids.size for b in batches),
+        "pytorch_positions": sum(len(rows) * max(lengths[i] for i in rows)
+                                 for rows in (order[i : i + bs] for i in range(0, len(order), bs))),
+        "jaxalign_shapes": sorted({b.input_ids.shape for b in batches}),
+    }
+
+
+def timed(fn: Encode, sentences: Sequence[str]) -> tuple[float, np.ndarray]:
     start = time.perf_counter()
     out = fn(sentences)
     return time.perf_counter() - start, out
@@ -159,13 +188,16 @@ def machine_info() -> dict:
     import torch
     import transformers
 
-    cpu_model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                      if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").is_file() else platform.processor()
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     return {
         "cpu_count": os.cpu_count(),
-        "cpu_model": cpu_model,
+        "cpu_model": next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
+                          platform.processor()),
         "platform": platform.platform(),
         "python": platform.python_version(),
+        "git_head": head or None,  # the working tree may differ from it
         "jax": jax.__version__,
         "jax_devices": [str(d) for d in jax.devices()],
         "torch": torch.__version__,
@@ -175,6 +207,36 @@ def machine_info() -> dict:
     }
 
 
+def render(console, r: dict) -> None:
+    """The results table and the notes needed to read it."""
+    from rich.table import Table
+
+    impls = r["implementations"]
+    table = Table(title=f"{r['model']} encoding throughput on CPU ({r['machine']['cpu_count']} cores): "
+                        f"{r['num_sentences']} sentences, batch {r['batch_size']}, max length {r['max_length']}")
+    for column in ("implementation", "sentences/s", "median s", "min-max s", "warm-up s", "jaxalign / this",
+                   "min cosine vs jaxalign"):
+        first = column == "implementation"
+        table.add_column(column, justify="left" if first else "right", no_wrap=first)
+    for name, m in impls.items():
+        ratio, cosine = r["ratio_jaxalign_over"].get(name), r["min_cosine_vs_jaxalign"].get(name)
+        table.add_row(name, f"{m['sentences_per_s']:.1f}", f"{m['median_s']:.2f}",
+                      f"{min(m['times_s']):.2f}-{max(m['times_s']):.2f}", f"{m['warmup_s']:.2f}",
+                      "" if ratio is None else f"{ratio:.2f}x", "" if cosine is None else f"{cosine:.6f}")
+    console.print(table)
+    console.print(f"sentences: {r['sentences_source']}", style="bold yellow" if r["fallback_sentences"] else None)
+    pad, machine = r["padding"], r["machine"]
+    shapes = " ".join(f"{b}x{t}" for b, t in pad["jaxalign_shapes"])
+    console.print(f"token positions computed per call, for {pad['real_tokens']} real tokens: "
+                  f"jaxalign {pad['jaxalign_positions']} ({pad['jaxalign_positions'] / pad['real_tokens']:.2f}x; "
+                  f"batch shapes {shapes}), PyTorch {pad['pytorch_positions']} "
+                  f"({pad['pytorch_positions'] / pad['real_tokens']:.2f}x)")
+    load = machine["load_average_1_5_15min"]
+    console.print(f"torch threads {machine['torch_threads']}; jax devices {', '.join(machine['jax_devices'])}; "
+                  f"1-min load average {load['before'][0]:.1f} before, {load['after'][0]:.1f} after, "
+                  f"on {machine['cpu_count']} cores")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -182,24 +244,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     import jax.numpy as jnp
     import torch
     from rich.console import Console
-    from rich.table import Table
 
     from jaxalign.models import load_encoder
 
     console = Console()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    sentences, source = load_sentences(args.data, args.num_sentences)
-    console.print(f"sentences: {source}", style="bold yellow" if source.startswith("FALLBACK") else None)
+    sentences, source, fallback = load_sentences(args.data, args.num_sentences)
+    console.print(f"sentences: {source}", style="bold yellow" if fallback else None)
 
     encoder = load_encoder(MODEL, dtype=jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32)
     max_length = encoder.max_length
+    embedder = jaxalign_runner(encoder, args.batch_size, max_length)
     runners: dict[str, Encode] = {
-        f"jaxalign ({args.dtype})": jaxalign_runner(encoder, args.batch_size, max_length),
+        f"jaxalign {args.dtype}": embedder,
         "sentence-transformers": sentence_transformers_runner(encoder.path, args.batch_size, max_length),
-        "transformers + mean pooling": transformers_runner(encoder.path, args.batch_size, max_length),
+        "transformers": transformers_runner(encoder.path, args.batch_size, max_length),
     }
-    jax_name, st_name = list(runners)[:2]
+    jax_name = next(iter(runners))
+    load_before = os.getloadavg()
 
     warmup, outputs = {}, {}
     for name, fn in runners.items():
@@ -215,59 +278,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     throughput = {name: len(sentences) / m for name, m in median.items()}
     cosine = {name: min_cosine(outputs[jax_name], out) for name, out in outputs.items() if name != jax_name}
     threshold = PARITY_MIN_COSINE[args.dtype]
-    parity_ok = all(c >= threshold for c in cosine.values())
-
-    info = machine_info()
-    table = Table(title=f"{MODEL} encoding throughput on CPU ({info['cpu_count']} cores): "
-                        f"{len(sentences)} sentences, batch {args.batch_size}, max length {max_length}")
-    table.add_column("implementation")
-    table.add_column("sentences/s", justify="right")
-    table.add_column("median s", justify="right")
-    table.add_column("warm-up s", justify="right")
-    table.add_column("jaxalign / this", justify="right")
-    table.add_column("min cosine vs jaxalign", justify="right")
-    for name in runners:
-        table.add_row(
-            name,
-            f"{throughput[name]:.1f}",
-            f"{median[name]:.2f}",
-            f"{warmup[name]:.2f}",
-            "" if name == jax_name else f"{throughput[jax_name] / throughput[name]:.2f}x",
-            "" if name == jax_name else f"{cosine[name]:.6f}",
-        )
-    console.print(table)
-    console.print(f"torch threads: {info['torch_threads']}; jax devices: {', '.join(info['jax_devices'])}")
-
+    machine = machine_info()
+    machine["load_average_1_5_15min"] = {"before": load_before, "after": os.getloadavg()}
     results = {
         "benchmark": "encode_throughput",
         "model": MODEL,
-        "machine": info,
+        "machine": machine,
         "sentences_source": source,
+        "fallback_sentences": fallback,
         "num_sentences": len(sentences),
         "batch_size": args.batch_size,
         "max_length": max_length,
         "dtype": args.dtype,
         "repeats": args.repeats,
+        "padding": padding_stats(embedder, sentences),
         "implementations": {
-            name: {
-                "warmup_s": warmup[name],
-                "times_s": times[name],
-                "median_s": median[name],
-                "sentences_per_s": throughput[name],
-            }
+            name: {"warmup_s": warmup[name], "times_s": times[name], "median_s": median[name],
+                   "sentences_per_s": throughput[name]}
             for name in runners
         },
         "ratio_jaxalign_over": {name: throughput[jax_name] / throughput[name] for name in runners if name != jax_name},
         "min_cosine_vs_jaxalign": cosine,
         "parity_threshold": threshold,
-        "parity_ok": parity_ok,
+        "parity_ok": all(c >= threshold for c in cosine.values()),
     }
+    render(console, results)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2) + "\n")
     console.print(f"results written to {args.json}")
-    if not parity_ok:
-        console.print(f"[bold red]parity check failed[/]: min cosine {min(cosine.values()):.6f} < {threshold} "
-                      f"(jaxalign vs {st_name} and transformers); the timings do not compare like with like")
+    if not results["parity_ok"]:
+        console.print(f"[bold red]parity check failed[/]: min cosine {min(cosine.values()):.6f} < {threshold}; "
+                      "jaxalign's embeddings differ from the references, so the timings do not compare like with like")
         return 1
     return 0
 

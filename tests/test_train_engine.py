@@ -136,7 +136,7 @@ def test_nonfinite_steps_are_skipped_then_stop(monkeypatch):
         return f
 
     monkeypatch.setattr(trainer, "loss_fn", poisoned)
-    cfg = config("steps=10", "max_nonfinite=3", "mesh.data=1")
+    cfg = config("steps=10", "max_nonfinite=3")
     with pytest.raises(NonFiniteError, match="3 consecutive steps had NaN/Inf"):
         train(cfg, progress=False)
 
