@@ -219,12 +219,12 @@ class JaxSide:
 
     def fresh_params(self):
         jnp = self.jax.numpy
-        return self.jax.tree.map(jnp.copy, {"encoder": self.run.encoder.params, "head": self.run.head})
+        return self.jax.tree.map(jnp.copy, {"encoder": self.run.task.encoder.params, "head": self.run.task.params["head"]})
 
     def no_dropout_loss(self) -> float:
         from jaxalign.objectives.contrastive import loss_fn
 
-        objective = dataclasses.replace(self.run.objective, dropout=False)
+        objective = dataclasses.replace(self.run.task.objective, dropout=False)
         f = self.jax.jit(loss_fn(objective))
         loss, _ = f(self.fresh_params(), self.batch, self.jax.random.PRNGKey(0))
         return float(loss)
@@ -234,7 +234,7 @@ class JaxSide:
         from jaxalign.objectives.contrastive import loss_fn
 
         jax = self.jax
-        f = loss_fn(self.run.objective)
+        f = loss_fn(self.run.task.objective)
         fwd = jax.jit(f)
         grad = jax.jit(jax.value_and_grad(f, has_aux=True))
         params, key = self.fresh_params(), jax.random.PRNGKey(1)
@@ -250,7 +250,7 @@ class JaxSide:
 
     def step(self) -> None:
         # The step donates the state: always rebind.
-        self.state, metrics = self.step_fn(self.state, self.batch)
+        self.state, metrics = self.step_fn(self.state, self.batch, self.run.task.frozen)
         self.jax.block_until_ready((self.state, metrics))
         self.last_metrics = metrics
 
@@ -423,12 +423,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     corpus = args.data or (WIKI if WIKI.is_file() else None)
     jx = JaxSide(str(corpus) if corpus else "builtin:sentences-mini", args.batch_size, args.length)
-    enc = jx.run.encoder.tokenizer(sentences, truncation=True, max_length=args.length, padding="max_length",
+    enc = jx.run.task.encoder.tokenizer(sentences, truncation=True, max_length=args.length, padding="max_length",
                                    return_tensors="np")
     ids, mask = np.asarray(enc["input_ids"], np.int32), np.asarray(enc["attention_mask"], np.int32)
     assert ids.shape == (args.batch_size, args.length), ids.shape
     jx.set_batch(ids, mask)
-    th = TorchSide(jx.run.encoder.path, ids, mask)
+    th = TorchSide(jx.run.task.encoder.path, ids, mask)
     load_before = os.getloadavg()
     phase("setup")
 
@@ -475,7 +475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     jx.record_loss()
     th.record_loss()
 
-    flops = model_flops(jx.run.encoder.config, 2 * args.batch_size, args.length)
+    flops = model_flops(jx.run.task.encoder.config, 2 * args.batch_size, args.length)
     peak_flops = peak["peak_gflops"] * 1e9
     impls = {}
     for name, side in (("jaxalign", jx), ("pytorch", th)):

@@ -59,6 +59,13 @@ def _coerce(value: Any, tp, where: str):
         if not isinstance(value, Sequence):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         return origin(_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        key_tp, value_tp = typing.get_args(tp)
+        return {_coerce(k, key_tp, where): _coerce(v, value_tp, f"{where}.{k}") for k, v in value.items()}
+    if tp is typing.Any:
+        return value
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a mapping of {_type_name(tp)} fields, got {value!r}")

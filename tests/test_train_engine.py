@@ -8,7 +8,7 @@ import pytest
 from jaxalign.config import load_recipe
 from jaxalign.data.stream import collate, to_global
 from jaxalign.objectives.contrastive import cached_value_and_grad, loss_fn
-from jaxalign.train import trainer
+from jaxalign.tasks.contrastive import ContrastiveTask
 from jaxalign.train.config import TrainConfig
 from jaxalign.train.trainer import NonFiniteError, Run, train
 
@@ -34,7 +34,7 @@ def nli_file(tmp_path_factory):
 def grads_on(run: Run, local_batch: dict, seed: int = 0):
     params = run.init_state().params
     batch = to_global(local_batch, run.batch_shardings)
-    f = jax.jit(jax.value_and_grad(loss_fn(run.objective), has_aux=True))
+    f = jax.jit(jax.value_and_grad(loss_fn(run.task.objective), has_aux=True))
     with jax.set_mesh(run.mesh):
         (loss, _), grads = f(params, batch, jax.random.PRNGKey(seed))
     return float(loss), jax.device_get(grads)
@@ -66,8 +66,8 @@ def single_device(name: str, extra: list[str]):
     """The single-device reference (loss, grads, batch) per objective, computed once."""
     if name not in _SINGLE:
         run = Run.build(config(*extra, "mesh.data=1"), devices=jax.devices()[:1])
-        local = collate(run.tokens, run.stream.next(), run.objective.text_columns, (16,), 16,
-                        run.objective.numeric_columns)
+        local = collate(run.task.tokens, run.task.stream.next(), run.task.objective.text_columns, (16,), 16,
+                        run.task.objective.numeric_columns)
         _SINGLE[name] = (*grads_on(run, local), local)
     return _SINGLE[name]
 
@@ -91,11 +91,11 @@ def test_sharded_step_equals_single_device(name, mesh, nli_file):
 def test_gradcache_equals_uncached():
     run = Run.build(config("model.dropout=false", "mesh.data=1"), devices=jax.devices()[:1])
     params = run.init_state().params
-    local = collate(run.tokens, run.stream.next(), 1, (16,), 16)
+    local = collate(run.task.tokens, run.task.stream.next(), 1, (16,), 16)
     batch = to_global(local, run.batch_shardings)
     key = jax.random.PRNGKey(0)
-    (loss, _), grads = jax.jit(jax.value_and_grad(loss_fn(run.objective), has_aux=True))(params, batch, key)
-    (closs, _), cgrads = jax.jit(cached_value_and_grad(run.objective, chunk=4))(params, batch, key)
+    (loss, _), grads = jax.jit(jax.value_and_grad(loss_fn(run.task.objective), has_aux=True))(params, batch, key)
+    (closs, _), cgrads = jax.jit(cached_value_and_grad(run.task.objective, chunk=4))(params, batch, key)
     assert float(closs) == pytest.approx(float(loss), rel=1e-6)
     assert_trees_close(jax.device_get(cgrads), jax.device_get(grads))
 
@@ -108,7 +108,7 @@ def test_one_compile_per_bucket():
     for _ in range(6):
         batch = run.next_batch()
         shapes.add(batch["input_ids"].shape)
-        state, _ = step(state, batch)
+        state, _ = step(state, batch, run.task.frozen)
     assert step._cache_size() == len(shapes)
 
 
@@ -126,16 +126,18 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
 
 
 def test_nonfinite_steps_are_skipped_then_stop(monkeypatch):
-    def poisoned(objective):
-        inner = loss_fn(objective)
+    healthy = ContrastiveTask.value_and_grad
 
-        def f(params, batch, rng):
-            loss, metrics = inner(params, batch, rng)
-            return loss * np.nan, metrics
+    def poisoned(task):
+        inner = healthy(task)
+
+        def f(params, batch, rng, frozen):
+            (loss, metrics), grads = inner(params, batch, rng, frozen)
+            return (loss * np.nan, metrics), grads
 
         return f
 
-    monkeypatch.setattr(trainer, "loss_fn", poisoned)
+    monkeypatch.setattr(ContrastiveTask, "value_and_grad", poisoned)
     cfg = config("steps=10", "max_nonfinite=3")
     with pytest.raises(NonFiniteError, match="3 consecutive steps had NaN/Inf"):
         train(cfg, progress=False)

@@ -176,9 +176,10 @@ class ContrastiveObjective:
 
 
 def loss_fn(objective: ContrastiveObjective) -> Callable:
-    """``(params, batch, rng) -> (loss, metrics)`` with ``params = {"encoder", "head"}``."""
+    """``(params, batch, rng, frozen) -> (loss, metrics)`` with ``params = {"encoder", "head"}``
+    (nothing is frozen: ``frozen`` is accepted for the engine's signature and unused)."""
 
-    def f(params, batch, rng):
+    def f(params, batch, rng, frozen=None):
         k_embed, k_loss = jax.random.split(rng)
         e = objective.embed(params["encoder"], batch["input_ids"], batch["attention_mask"], k_embed)
         return objective.loss(params["head"], e, batch, k_loss)
@@ -200,7 +201,7 @@ def cached_value_and_grad(objective: ContrastiveObjective, chunk: int) -> Callab
     dropout, each chunk's masks are replayed exactly between the two passes.
     """
 
-    def value_and_grad(params, batch, rng):
+    def value_and_grad(params, batch, rng, frozen=None):
         ids, mask = batch["input_ids"], batch["attention_mask"]
         c, b, t = ids.shape
         n = b // chunk

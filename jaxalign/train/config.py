@@ -7,7 +7,7 @@ field name and the fix, before any model is read or step compiled.
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Any, Literal
 
 from jaxalign.config import ConfigError
 from jaxalign.sharding.mesh import MeshConfig
@@ -19,6 +19,20 @@ def _check(cond: bool, message: str) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
+class LoraConfig:
+    """Low-rank adapters ``W + (alpha / rank) A B`` on the named projections, base frozen.
+    rank 0 trains every parameter."""
+
+    rank: int = 0
+    alpha: float = 16.0
+    targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+    def __post_init__(self):
+        _check(self.rank >= 0, f"model.lora.rank={self.rank}: must be >= 0 (0 = full fine-tuning)")
+        _check(self.alpha > 0, f"model.lora.alpha={self.alpha}: must be > 0")
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelConfig:
     name: str = "all-MiniLM-L6-v2"
     dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype; master weights stay float32
@@ -26,6 +40,7 @@ class ModelConfig:
     max_length: int = 32
     num_layers: int | None = None  # keep only the first n transformer layers (small CPU recipes)
     dropout: bool = True  # the checkpoint's dropout rates in training (SimCSE needs them); false: deterministic
+    lora: LoraConfig = LoraConfig()  # decoders: parameter-efficient training
 
     def __post_init__(self):
         _check(self.max_length >= 4, f"model.max_length={self.max_length}: must be >= 4")
@@ -34,16 +49,23 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    # sentences: one per line (unsup. SimCSE); nli: SNLI/MNLI triplets; pairs: scored sentence pairs
-    kind: Literal["sentences", "nli", "pairs"] = "sentences"
+    # sentences: one per line (unsup. SimCSE); nli: SNLI/MNLI triplets; pairs: scored sentence pairs;
+    # preference: (prompt, chosen, rejected); unpaired: (prompt, completion, label) for KTO;
+    # negatives: (prompt, rejected[, samples]) for D2O
+    kind: Literal["sentences", "nli", "pairs", "preference", "unpaired", "negatives"] = "sentences"
     path: str = "builtin:sentences-mini"
     batch_size: int = 64  # global batch, split over the mesh's data axes
     shuffle: bool = True
     max_examples: int | None = None
     buckets: tuple[int, ...] = (16, 32, 64, 128, 256, 512)
+    # Preference data (TRL's DPOConfig names): the prompt keeps its end, completions their start.
+    max_prompt_length: int | None = None
+    max_completion_length: int | None = None
 
     def __post_init__(self):
-        _check(self.batch_size >= 2, f"data.batch_size={self.batch_size}: contrastive training needs >= 2")
+        _check(self.batch_size >= 2 or self.kind in PREFERENCE_DATA,
+               f"data.batch_size={self.batch_size}: contrastive training needs >= 2")
+        _check(self.batch_size >= 1, f"data.batch_size={self.batch_size}: must be >= 1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,11 +100,17 @@ class WhiteningConfig:
     ns_iters: int = 5
 
 
+CONTRASTIVE_OBJECTIVES = ("simcse", "whitenedcse", "cosent", "angle", "matryoshka", "2dmse", "dse")
+PREFERENCE_OBJECTIVES = ("dpo", "simpo", "cpo", "orpo", "kto", "asft", "d2o")
+PREFERENCE_DATA = ("preference", "unpaired", "negatives")
+
+
 @dataclasses.dataclass(frozen=True)
 class ObjectiveConfig:
-    # simcse: InfoNCE with in-batch (+ hard) negatives: dropout views for `sentences` data
-    # (unsupervised SimCSE), triplets for `nli` (supervised SimCSE), MNRL for `pairs`.
-    name: Literal["simcse", "whitenedcse", "cosent", "angle", "matryoshka", "2dmse", "dse"] = "simcse"
+    # Contrastive (sentence encoders) -- simcse: InfoNCE with in-batch (+ hard) negatives: dropout
+    # views for `sentences` data (unsupervised SimCSE), triplets for `nli` (supervised), MNRL for `pairs`.
+    # Preference (causal LMs) -- dpo: the DPO family (`loss_type`), simpo, cpo, orpo, kto, asft, d2o.
+    name: Literal[CONTRASTIVE_OBJECTIVES + PREFERENCE_OBJECTIVES] = "simcse"
     temperature: float = 0.05
     symmetric: bool = False
     hard_negative_weight: float = 0.0
@@ -94,9 +122,25 @@ class ObjectiveConfig:
     dse_alpha: float = 0.5
     teacher: str | None = None  # DSE: teacher encoder whose pair scores are distilled
     cache_chunk: int | None = None  # GradCache: embed in chunks of this many rows
+    # --- preference objectives (TRL's names and defaults) ---
+    beta: float = 0.1
+    loss_type: tuple[str, ...] = ("sigmoid",)  # dpo: one loss or several, summed with loss_weights (MPO)
+    loss_weights: tuple[float, ...] | None = None
+    label_smoothing: float = 0.0
+    # Further options of the chosen loss, named as TRL names them (f_divergence_type, simpo_gamma,
+    # cpo_alpha, orpo_lambda, desirable_weight, d2o_alpha, ...); checked against what that loss takes.
+    options: dict[str, Any] = dataclasses.field(default_factory=dict, hash=False)
+    # Reference log-probs: "model" computes them in the step (no gradient), "precomputed" once
+    # before training over the whole data set (TRL's precompute_ref_log_probs); reference-free
+    # objectives (simpo, cpo, orpo, asft) ignore it.
+    reference: Literal["model", "precomputed"] = "model"
+    reference_model: str | None = None  # default: the initial policy (model.name)
+    logps_chunk: int = 64  # sequence positions per LM-head chunk: [rows, chunk, vocab] logits at a time
 
     def __post_init__(self):
         _check(self.temperature > 0, f"objective.temperature={self.temperature}: must be > 0")
+        _check(self.beta > 0, f"objective.beta={self.beta}: must be > 0")
+        _check(self.logps_chunk >= 1, f"objective.logps_chunk={self.logps_chunk}: must be >= 1")
         _check(self.cache_chunk is None or self.cache_chunk >= 1, "objective.cache_chunk: must be >= 1 or null")
 
 
@@ -112,10 +156,14 @@ class CheckpointConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
-    data: str | None = "builtin:sts-mini"  # STS data for periodic evaluation (e.g. STS-B dev)
-    split: Literal["train", "dev", "test"] = "dev"
+    # Held-out data for periodic evaluation (null: none): STS data for contrastive objectives
+    # (e.g. STS-B dev; scored by Spearman), preference pairs for preference objectives (scored by
+    # implicit-reward accuracy, as `jaxalign eval preference`).
+    data: str | None = None
+    split: Literal["train", "dev", "test"] = "dev"  # STS split
     every: int = 125
     batch_size: int = 64
+    max_examples: int | None = None  # preference: evaluate on the first n pairs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,3 +190,11 @@ class TrainConfig:
 
     def __post_init__(self):
         _check(self.steps >= 1, f"steps={self.steps}: must be >= 1")
+        preference_objective = self.objective.name in PREFERENCE_OBJECTIVES
+        preference_data = self.data.kind in PREFERENCE_DATA
+        _check(preference_objective == preference_data,
+               f"objective.name={self.objective.name} does not train on data.kind={self.data.kind}: "
+               + ("set data.kind to one of " + ", ".join(PREFERENCE_DATA) if preference_objective
+                  else "preference data needs a preference objective: " + ", ".join(PREFERENCE_OBJECTIVES)))
+        _check(self.model.lora.rank == 0 or preference_objective,
+               "model.lora.rank > 0: LoRA is implemented for decoders (preference objectives)")

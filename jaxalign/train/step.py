@@ -1,9 +1,11 @@
 """The one training-step builder every objective plugs into.
 
-An objective supplies ``loss_fn(params, batch, rng) -> (loss, metrics)`` (or its own
-``value_and_grad`` with the same signature, e.g. GradCache). :func:`build_train_step`
-turns it into a pure ``(state, batch) -> (state, metrics)`` function, compiled once per
-batch shape with explicit shardings and the state's buffers donated.
+A task supplies ``loss_fn(params, batch, rng, frozen) -> (loss, metrics)`` (or its own
+``value_and_grad`` with the same signature, e.g. GradCache). :func:`make_step` turns it into
+a pure ``(state, batch, frozen) -> (state, metrics)`` function, compiled once per batch
+shape with explicit shardings and the state's buffers donated. ``frozen`` holds arrays the
+loss reads but never trains (a reference model, a LoRA base): an argument rather than part
+of the state, so it is neither differentiated, nor given optimiser state, nor checkpointed.
 
 Non-finite steps (NaN/Inf in the loss or any gradient) leave parameters and optimiser state
 untouched; the state counts them (``nonfinite``, consecutive) so the loop can stop with a
@@ -20,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-LossFn = Callable[[Any, Any, jax.Array], tuple[jax.Array, dict]]
+LossFn = Callable[[Any, Any, jax.Array, Any], tuple[jax.Array, dict]]
 
 
 @dataclasses.dataclass
@@ -67,9 +69,9 @@ def make_step(
             raise ValueError("make_step needs loss_fn or value_and_grad")
         value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
 
-    def step(state: TrainState, batch) -> tuple[TrainState, dict]:
+    def step(state: TrainState, batch, frozen=None) -> tuple[TrainState, dict]:
         rng = jax.random.fold_in(state.rng, state.step)
-        (loss, metrics), grads = value_and_grad(state.params, batch, rng)
+        (loss, metrics), grads = value_and_grad(state.params, batch, rng, frozen)
         finite = jnp.isfinite(loss) & _all_finite(grads)
         updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
@@ -92,11 +94,11 @@ def make_step(
     return step
 
 
-def jit_step(step, state_shardings, batch_shardings, *, donate: bool = True):
+def jit_step(step, state_shardings, batch_shardings, frozen_shardings=None, *, donate: bool = True):
     """Compiles ``step`` with explicit in/out shardings; the old state's buffers are donated."""
     return jax.jit(
         step,
-        in_shardings=(state_shardings, batch_shardings),
+        in_shardings=(state_shardings, batch_shardings, frozen_shardings),
         out_shardings=(state_shardings, None),
         donate_argnums=(0,) if donate else (),
     )

@@ -1,0 +1,65 @@
+"""What a training run trains: the plug-in interface of the one training engine.
+
+A *task* bundles everything that differs between kinds of training -- which model(s) to
+load, how examples become batches, the loss, what to evaluate and how to export -- behind
+one small interface, so that :mod:`jaxalign.train.trainer` (loop, shardings, optimiser,
+checkpoints, logging) is written once. Two tasks exist:
+
+* :class:`jaxalign.tasks.contrastive.ContrastiveTask`: sentence encoders (SimCSE,
+  WhitenedCSE, 2DMSE, CoSENT, AnglE, DSE, ...);
+* :class:`jaxalign.tasks.preference.PreferenceTask`: causal LMs on preference data (the DPO
+  family, SimPO, ORPO, KTO, ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import jax
+from jax.sharding import Mesh
+
+from jaxalign.data.stream import BatchStream
+
+LogicalAxes = tuple[str | None, ...]
+
+
+class Task(Protocol):
+    """``params`` are trained; ``frozen`` arrays are read by the step but never updated (a
+    reference model, a LoRA base); both are nested dicts already placed on the mesh, with
+    their logical axes in ``param_axes`` / ``frozen_axes``."""
+
+    params: dict
+    param_axes: dict
+    frozen: dict
+    frozen_axes: dict
+    stream: BatchStream
+    eval_metric: str | None  # key of ``evaluate``'s result that selects the best checkpoint (higher = better)
+
+    def batch_axes(self) -> dict[str, LogicalAxes]:
+        """Logical axes of every array ``next_batch`` returns."""
+
+    def value_and_grad(self) -> Callable[[Any, dict, jax.Array, Any], tuple[tuple[jax.Array, dict], Any]]:
+        """``(params, batch, rng, frozen) -> ((loss, metrics), grads)``, traced inside the step."""
+
+    def next_batch(self) -> dict:
+        """This process's slice of the next global batch, NumPy arrays of static bucketed shapes."""
+
+    def evaluate(self, params) -> dict[str, float]:
+        """Held-out metrics of ``params`` (empty when no evaluation data is configured)."""
+
+    def export(self, params, directory: str) -> None:
+        """Writes the trained model in its ecosystem's format (Hugging Face checkpoint)."""
+
+
+def build_task(cfg, mesh: Mesh) -> Task:
+    """The task that ``cfg.objective.name`` trains, validated and loaded onto ``mesh``."""
+    from jaxalign.train.config import PREFERENCE_OBJECTIVES
+
+    if cfg.objective.name in PREFERENCE_OBJECTIVES:
+        from jaxalign.tasks.preference import PreferenceTask
+
+        return PreferenceTask.build(cfg, mesh)
+    from jaxalign.tasks.contrastive import ContrastiveTask
+
+    return ContrastiveTask.build(cfg, mesh)

@@ -1,0 +1,112 @@
+"""Contrastive training of sentence encoders as a task of the training engine.
+
+Trainable parameters are ``{"encoder": ..., "head": ...}`` (the head is training-only:
+SimCSE's MLP, WhitenedCSE's projection, DSE's pair head); nothing is frozen. Batches are
+``input_ids``/``attention_mask`` ``[C, B, T]`` (C text columns) plus per-example float
+columns; evaluation is STS (Spearman x 100, ``all`` averaged) of the encoder alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxalign.data.corpora import read_corpus
+from jaxalign.data.stream import BatchStream, Tokenized, collate
+from jaxalign.data.sts import load_sts
+from jaxalign.eval.sts import evaluate_sts
+from jaxalign.inference.embed import Embedder
+from jaxalign.models.registry import Encoder, load_encoder
+from jaxalign.objectives.contrastive import ContrastiveObjective, cached_value_and_grad, loss_fn
+from jaxalign.sharding.mesh import batch_parallel_size
+from jaxalign.train.config import TrainConfig
+
+
+@dataclasses.dataclass
+class ContrastiveTask:
+    cfg: TrainConfig
+    mesh: jax.sharding.Mesh
+    encoder: Encoder
+    objective: ContrastiveObjective
+    stream: BatchStream
+    tokens: Tokenized
+    params: dict
+    param_axes: dict
+    evaluator: "StsEvaluator | None" = None
+    frozen: dict = dataclasses.field(default_factory=dict)
+    frozen_axes: dict = dataclasses.field(default_factory=dict)
+    eval_metric: str = "eval/sts"
+
+    @classmethod
+    def build(cls, cfg: TrainConfig, mesh: jax.sharding.Mesh) -> "ContrastiveTask":
+        dtype = jnp.bfloat16 if cfg.model.dtype == "bfloat16" else jnp.float32
+        encoder = load_encoder(cfg.model.name, mesh=mesh, dtype=dtype, num_layers=cfg.model.num_layers)
+        pooling = dataclasses.replace(encoder.pooling, mode=cfg.model.pooling) if cfg.model.pooling else encoder.pooling
+        objective = ContrastiveObjective(cfg.objective, cfg.data.kind, encoder, pooling, dropout=cfg.model.dropout,
+                                         num_shards=batch_parallel_size(mesh))
+        objective.check_batch(cfg.data.batch_size)
+        examples = read_corpus(cfg.data.kind, cfg.data.path, cfg.data.max_examples)
+        if cfg.objective.name == "dse":
+            examples = with_teacher_scores(examples, cfg)
+        stream = BatchStream(examples, cfg.data.batch_size, seed=cfg.seed, shuffle=cfg.data.shuffle)
+        tokens = Tokenized(encoder.tokenizer, examples, objective.text_columns, cfg.model.max_length)
+        head, head_axes = objective.init_head(jax.random.PRNGKey(cfg.seed + 1))
+        task = cls(cfg, mesh, encoder, objective, stream, tokens, {"encoder": encoder.params, "head": head},
+                   {"encoder": encoder.axes, "head": head_axes})
+        task.evaluator = StsEvaluator(task)
+        return task
+
+    def batch_axes(self) -> dict:
+        tokens = (None, "batch", "length")
+        return {"input_ids": tokens, "attention_mask": tokens, **{k: ("batch",) for k in self.objective.numeric_columns}}
+
+    def value_and_grad(self):
+        chunk = self.cfg.objective.cache_chunk
+        if chunk is None:
+            return jax.value_and_grad(loss_fn(self.objective), has_aux=True)
+        return cached_value_and_grad(self.objective, chunk)
+
+    def next_batch(self) -> dict:
+        return collate(self.tokens, self.stream.next(), self.objective.text_columns, self.cfg.data.buckets,
+                       self.cfg.model.max_length, self.objective.numeric_columns)
+
+    def evaluate(self, params) -> dict[str, float]:
+        score = self.evaluator(params["encoder"])
+        return {} if score is None else {self.eval_metric: score}
+
+    def export(self, params, directory: str) -> None:
+        from jaxalign.models.export import export_hf
+
+        export_hf(self.encoder, jax.device_get(params["encoder"]), directory, self.objective.pooling)
+
+
+def with_teacher_scores(examples: list, cfg: TrainConfig) -> list:
+    """DSE: appends the teacher's cosine similarity of each pair, computed once before training."""
+    teacher = load_encoder(cfg.objective.teacher or cfg.model.name)
+    embed = Embedder(teacher, batch_size=64)
+    a = embed([ex[0] for ex in examples], progress=True, desc="teacher")
+    b = embed([ex[1] for ex in examples], progress=True, desc="teacher")
+    cos = (a * b).sum(-1) / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-12)
+    return [(*ex, float(c)) for ex, c in zip(examples, cos)]
+
+
+class StsEvaluator:
+    """Periodic STS evaluation of the encoder being trained (Spearman x 100, ``all`` averaged)."""
+
+    def __init__(self, task: ContrastiveTask):
+        cfg = task.cfg.eval
+        self.tasks = load_sts(cfg.data, split=cfg.split) if cfg.data else []
+        pooling = dataclasses.replace(task.objective.pooling, normalize=False)
+        shards = batch_parallel_size(task.mesh)
+        batch = cfg.batch_size - cfg.batch_size % shards or shards
+        self.embedder = Embedder(task.encoder, pooling, batch_size=batch, max_length=task.cfg.model.max_length,
+                                 mesh=task.mesh) if self.tasks else None
+
+    def __call__(self, encoder_params) -> float | None:
+        if not self.tasks:
+            return None
+        results = evaluate_sts(lambda s: self.embedder(s, params=encoder_params), self.tasks)
+        return float(np.mean([r.all for r in results]))
