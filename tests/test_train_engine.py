@@ -11,6 +11,7 @@ from jaxalign.objectives.contrastive import cached_value_and_grad, loss_fn
 from jaxalign.tasks.contrastive import ContrastiveTask
 from jaxalign.train.config import TrainConfig
 from jaxalign.train.trainer import NonFiniteError, Run, train
+from trees import assert_trees_close  # noqa: E402
 
 SMALL = ["model.num_layers=1", "model.max_length=16", "data.batch_size=16", "data.buckets=16", "eval.data=null",
          "log.every=1", "steps=4"]
@@ -38,18 +39,6 @@ def grads_on(run: Run, local_batch: dict, seed: int = 0):
     with jax.set_mesh(run.mesh):
         (loss, _), grads = f(params, batch, jax.random.PRNGKey(seed))
     return float(loss), jax.device_get(grads)
-
-
-def assert_trees_close(a, b, rtol=1e-5):
-    """Every leaf within ``rtol`` relative error in norm, ``‖a - b‖ / ‖b‖``. Leaves whose exact
-    gradient is zero (the attention key bias: softmax ignores a per-query constant) hold only
-    rounding noise, so an absolute floor far below any real gradient (1e-8 of the largest
-    leaf norm) applies."""
-    norms = [float(np.linalg.norm(y)) for y in jax.tree.leaves(b)]
-    floor = 1e-8 * max(norms)
-    for (path, x), y, norm in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b), norms):
-        err = float(np.linalg.norm(x - y))
-        assert err <= rtol * norm + floor, (jax.tree_util.keystr(path), err / max(norm, 1e-30))
 
 
 OBJECTIVES = {

@@ -1,25 +1,59 @@
-"""Writing a trained encoder back as a Hugging Face / sentence-transformers checkpoint.
+"""Writing trained models back as Hugging Face (and sentence-transformers) checkpoints.
 
 The inverse of loading: the family's declarative table maps each parameter back to its
 checkpoint name and layout, so what `transformers` and `sentence-transformers` load from the
-exported directory computes the same embeddings as jaxalign did.
+exported directory computes what jaxalign did.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import save_file
 
 from jaxalign.models.bert import weights as bert_weights
+from jaxalign.models.decoders import Decoder
+from jaxalign.models.llama import weights as llama_weights
 from jaxalign.models.registry import Encoder, read_json
 from jaxalign.ops.pooling import PoolingConfig
-from jaxalign.weights.loader import flatten
+from jaxalign.weights.loader import ParamRule, flatten
 
 ST_POOLING_KEYS = {"mean": "pooling_mode_mean_tokens", "cls": "pooling_mode_cls_token", "max": "pooling_mode_max_tokens",
                    "last": "pooling_mode_lasttoken"}
+
+
+def checkpoint_tensors(rules: Sequence[ParamRule], params: dict, num_layers: int, prefix: str = "") -> dict:
+    """Checkpoint name -> float32 tensor in the checkpoint's layout, for every parameter."""
+    flat = {k: np.asarray(v, np.float32) for k, v in flatten(params).items()}
+    tensors = {}
+    for rule in (r for rule in rules for r in rule.expand(num_layers)):
+        if rule.ours in flat:
+            value = flat[rule.ours]
+            name = rule.theirs if rule.theirs.startswith("lm_head.") else prefix + rule.theirs
+            tensors[name] = np.ascontiguousarray(value.T if rule.transpose else value)
+    return tensors
+
+
+def export_decoder(decoder: Decoder, params: dict, directory: str | Path) -> Path:
+    """Writes ``config.json``, ``model.safetensors`` (``LlamaForCausalLM`` names, float32) and the
+    tokenizer with its chat template: a checkpoint ``AutoModelForCausalLM`` and jaxalign load."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = checkpoint_tensors(llama_weights.RULES, params, decoder.config.num_hidden_layers, prefix="model.")
+    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    hf = dict(decoder.hf_config)
+    hf.update(num_hidden_layers=decoder.config.num_hidden_layers, torch_dtype="float32")
+    hf.setdefault("architectures", [_CAUSAL_LM[hf["model_type"]]])
+    (directory / "config.json").write_text(json.dumps(hf, indent=2))
+    decoder.tokenizer.save_pretrained(str(directory))
+    return directory
+
+
+_CAUSAL_LM = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+              "qwen3": "Qwen3ForCausalLM"}
 
 
 def export_hf(encoder: Encoder, params: dict, directory: str | Path, pooling: PoolingConfig | None = None) -> Path:
@@ -29,13 +63,8 @@ def export_hf(encoder: Encoder, params: dict, directory: str | Path, pooling: Po
     directory.mkdir(parents=True, exist_ok=True)
     pooling = pooling or encoder.pooling
     cfg = encoder.config
-    flat = {k: np.asarray(v, np.float32) for k, v in flatten(params).items()}
-    tensors = {}
-    for rule in (r for rule in bert_weights.RULES for r in rule.expand(cfg.num_hidden_layers)):
-        if rule.ours in flat:
-            value = flat[rule.ours]
-            tensors[rule.theirs] = np.ascontiguousarray(value.T if rule.transpose else value)
-    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    save_file(checkpoint_tensors(bert_weights.RULES, params, cfg.num_hidden_layers),
+              str(directory / "model.safetensors"), metadata={"format": "pt"})
 
     hf = read_json(encoder.path / "config.json")
     hf.update(num_hidden_layers=cfg.num_hidden_layers, architectures=[{"bert": "BertModel", "roberta": "RobertaModel",
@@ -58,4 +87,4 @@ def export_hf(encoder: Encoder, params: dict, directory: str | Path, pooling: Po
     return directory
 
 
-__all__ = ["export_hf"]
+__all__ = ["checkpoint_tensors", "export_decoder", "export_hf"]

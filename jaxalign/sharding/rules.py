@@ -27,6 +27,7 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("vocab", "tensor"),
     ("embed", "fsdp"),
     ("heads", "tensor"),
+    ("kv_heads", "tensor"),  # decoders' key/value projections (grouped-query attention)
     ("mlp", "tensor"),
     ("norm", None),
     ("positions", None),

@@ -61,6 +61,10 @@ class DataConfig:
     # Preference data (TRL's DPOConfig names): the prompt keeps its end, completions their start.
     max_prompt_length: int | None = None
     max_completion_length: int | None = None
+    # null: text records as text, conversational ones through the tokenizer's chat template (TRL);
+    # "auto": every record as a chat (HH transcripts split into turns); or a Jinja template.
+    chat_template: str | None = None
+    num_samples: int | None = None  # negatives (D2O): K self-generated samples per prompt (default: the fewest any record has)
 
     def __post_init__(self):
         _check(self.batch_size >= 2 or self.kind in PREFERENCE_DATA,
@@ -123,7 +127,7 @@ class ObjectiveConfig:
     teacher: str | None = None  # DSE: teacher encoder whose pair scores are distilled
     cache_chunk: int | None = None  # GradCache: embed in chunks of this many rows
     # --- preference objectives (TRL's names and defaults) ---
-    beta: float = 0.1
+    beta: float | None = None  # null: the loss's own default (0.1; SimPO 2.0; ORPO's and ASFT's lambda 0.1)
     loss_type: tuple[str, ...] = ("sigmoid",)  # dpo: one loss or several, summed with loss_weights (MPO)
     loss_weights: tuple[float, ...] | None = None
     label_smoothing: float = 0.0
@@ -139,7 +143,7 @@ class ObjectiveConfig:
 
     def __post_init__(self):
         _check(self.temperature > 0, f"objective.temperature={self.temperature}: must be > 0")
-        _check(self.beta > 0, f"objective.beta={self.beta}: must be > 0")
+        _check(self.beta is None or self.beta > 0, f"objective.beta={self.beta}: must be > 0")
         _check(self.logps_chunk >= 1, f"objective.logps_chunk={self.logps_chunk}: must be >= 1")
         _check(self.cache_chunk is None or self.cache_chunk >= 1, "objective.cache_chunk: must be >= 1 or null")
 

@@ -1,0 +1,243 @@
+"""Llama-family causal decoder as Flax NNX modules (pre-RMSNorm, RoPE, grouped-query attention,
+SwiGLU), with an optional preallocated key/value cache for generation.
+
+Shapes: ``B`` batch, ``T`` new tokens, ``S`` attended key/value slots (``T`` without a cache,
+the cache length with one), ``H`` hidden size, ``N`` query heads, ``K`` key/value heads,
+``G = N / K`` queries per key/value head, ``D`` head dim, ``V`` vocabulary.
+
+Padding: rows may be right- or left-padded. Position ids count real tokens only
+(``cumsum(attention_mask) - 1``, as ``transformers`` does for padded generation), and keys at
+padding slots are masked, so a row's real tokens see exactly what they would unpadded.
+Values at padding positions are undefined.
+
+The cache is a pure pytree passed in and returned (:class:`KVCache`): one write offset shared
+by all rows (prompts are left-padded to a common length), a ``[B, S]`` mask of the slots that
+hold real tokens, and per layer ``[B, S, K, D]`` keys and values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxalign.models.llama.config import LlamaConfig
+from jaxalign.sharding.rules import constrain
+
+ACTIVATION_AXES = ("batch", "length", "act_embed")
+LOGITS_AXES = ("batch", "length", "act_vocab")
+CACHE_AXES = ("batch", "length", None, None)
+_NEG = float(np.finfo(np.float32).min)
+
+
+def _stat_dtype(dtype):
+    """float32, or wider when computing in float64 (a float64 run is then float64 throughout)."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+@dataclasses.dataclass
+class KVCache:
+    """Preallocated keys/values for ``S`` slots; ``index`` slots (all rows alike) are written."""
+
+    keys: tuple[jax.Array, ...]  # per layer [B, S, K, D]
+    values: tuple[jax.Array, ...]  # per layer [B, S, K, D]
+    mask: jax.Array  # [B, S] int32, 1 where the slot holds a real token
+    index: jax.Array  # int32 scalar: the next slot to write
+
+    @property
+    def length(self) -> int:
+        return self.mask.shape[1]
+
+    @classmethod
+    def zeros(cls, cfg: LlamaConfig, batch: int, length: int, dtype=jnp.float32) -> "KVCache":
+        shape = (batch, length, cfg.num_key_value_heads, cfg.head_dim)
+        kv = lambda: tuple(constrain(jnp.zeros(shape, dtype), CACHE_AXES) for _ in range(cfg.num_hidden_layers))  # noqa: E731
+        return cls(kv(), kv(), jnp.zeros((batch, length), jnp.int32), jnp.zeros((), jnp.int32))
+
+
+jax.tree_util.register_dataclass(KVCache, data_fields=["keys", "values", "mask", "index"], meta_fields=[])
+
+
+def position_ids(attention_mask: jax.Array) -> jax.Array:
+    """Positions counting real tokens only: ``cumsum(mask) - 1`` (padding gets 0)."""
+    mask = attention_mask.astype(jnp.int32)
+    return jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0) * mask
+
+
+class RMSNorm(nnx.Module):
+    """``x / rms(x) * scale``, the statistics in float32 whatever the compute dtype."""
+
+    def __init__(self, dim: int, eps: float, *, dtype, param_dtype=jnp.float32):
+        self.scale = nnx.Param(jnp.ones((dim,), param_dtype))
+        self.eps, self.dtype = eps, dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dtype = self.dtype or x.dtype
+        x32 = x.astype(_stat_dtype(x.dtype))
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return self.scale[...].astype(dtype) * y.astype(dtype)
+
+
+def rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotates x [B, T, *, D] by cos/sin [B, T, D] (the "rotate half" layout of transformers)."""
+    x32 = x.astype(_stat_dtype(x.dtype))
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+    return (x32 * cos[:, :, None] + rotated * sin[:, :, None]).astype(x.dtype)
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: LlamaConfig, layer: int, *, dtype, param_dtype, rngs: nnx.Rngs):
+        h, n, k, d = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        lin = lambda i, o, bias: nnx.Linear(i, o, use_bias=bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)  # noqa: E731
+        self.q = lin(h, n * d, cfg.attention_bias)
+        self.k = lin(h, k * d, cfg.attention_bias)
+        self.v = lin(h, k * d, cfg.attention_bias)
+        self.o = lin(n * d, h, cfg.attention_out_bias)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(d, cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
+            self.k_norm = RMSNorm(d, cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
+        else:
+            self.q_norm = self.k_norm = None
+        self.num_heads, self.num_kv_heads, self.head_dim = n, k, d
+        self.window = cfg.layer_window(layer)
+        self.dtype = dtype
+
+    def __call__(self, x, cos, sin, kv_mask, q_slots, cache_kv=None, write_index=None):
+        """x [B, T, H]; cos/sin [B, T, D]; kv_mask [B, S] (1 = real key); q_slots [T] slot of each
+        query (keys at slots above it are in its future). With ``cache_kv=(k, v)`` ([B, S, K, D])
+        the new keys/values are written at ``write_index`` first; returns (out, (k, v))."""
+        b, t, _ = x.shape
+        q = self.q(x).reshape(b, t, self.num_heads, self.head_dim)
+        k = self.k(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        v = self.v(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = rotary(q, cos, sin), rotary(k, cos, sin)
+        if cache_kv is not None:
+            ck, cv = cache_kv
+            k = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, write_index, 0, 0))
+            v = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, write_index, 0, 0))
+            k, v = constrain(k, CACHE_AXES), constrain(v, CACHE_AXES)
+        s = k.shape[1]
+        kv_slots = jnp.arange(s)
+        allowed = kv_slots[None, :] <= q_slots[:, None]  # [T, S] causal
+        if self.window is not None:
+            allowed &= kv_slots[None, :] > q_slots[:, None] - self.window
+        allowed = allowed[None] & (kv_mask[:, None, :] > 0)  # [B, T, S]
+
+        g = self.num_heads // self.num_kv_heads
+        qg = q.reshape(b, t, self.num_kv_heads, g, self.head_dim)  # head n = kv * G + g, as repeat_kv
+        scores = jnp.einsum("btkgd,bskd->bkgts", qg, k.astype(q.dtype), preferred_element_type=_stat_dtype(q.dtype))
+        scores = scores * (self.head_dim**-0.5)
+        scores = jnp.where(allowed[:, None, None], scores, _NEG)
+        probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype or x.dtype)
+        context = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(probs.dtype)).reshape(b, t, -1)
+        return self.o(context), (k, v)
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: LlamaConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+        h, m = cfg.hidden_size, cfg.intermediate_size
+        lin = lambda i, o: nnx.Linear(i, o, use_bias=cfg.mlp_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)  # noqa: E731
+        self.gate, self.up, self.down = lin(h, m), lin(h, m), lin(m, h)
+
+    def __call__(self, x):
+        return self.down(jax.nn.silu(self.gate(x)) * self.up(x))
+
+
+class Layer(nnx.Module):
+    def __init__(self, cfg: LlamaConfig, layer: int, *, dtype, param_dtype, rngs: nnx.Rngs):
+        self.attention_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
+        self.attention = Attention(cfg, layer, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
+        self.mlp = MLP(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+    def __call__(self, x, cos, sin, kv_mask, q_slots, cache_kv=None, write_index=None):
+        h, kv = self.attention(self.attention_norm(x), cos, sin, kv_mask, q_slots, cache_kv, write_index)
+        x = x + h
+        x = x + self.mlp(self.mlp_norm(x))
+        return constrain(x, ACTIVATION_AXES), kv
+
+
+class LlamaForCausalLM(nnx.Module):
+    """Decoder-only transformer with an LM head (tied to the embedding or its own).
+
+    ``dtype`` is the compute dtype; parameters are stored in ``param_dtype`` (float32 by default).
+    """
+
+    def __init__(self, cfg: LlamaConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        self.config = cfg
+        self.dtype = dtype
+        self.embed = nnx.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.layers = nnx.List(
+            [Layer(cfg, i, dtype=dtype, param_dtype=param_dtype, rngs=rngs) for i in range(cfg.num_hidden_layers)]
+        )
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
+        if cfg.tie_word_embeddings:
+            self.lm_head = None
+        else:
+            self.lm_head = nnx.Linear(
+                cfg.hidden_size, cfg.vocab_size, use_bias=False, dtype=dtype, param_dtype=param_dtype, rngs=rngs
+            )
+
+    def rope(self, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """cos, sin [B, T, D] in float32 for integer positions [B, T]."""
+        inv_freq, scaling = self.config.rope_frequencies()
+        wide = _stat_dtype(self.dtype or jnp.float32)
+        freqs = positions.astype(wide)[..., None] * jnp.asarray(inv_freq, wide)
+        emb = jnp.concatenate([freqs, freqs], axis=-1)
+        return jnp.cos(emb) * scaling, jnp.sin(emb) * scaling
+
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        attention_mask: jax.Array,
+        *,
+        positions: jax.Array | None = None,
+        cache: KVCache | None = None,
+    ) -> tuple[jax.Array, KVCache | None]:
+        """Final-normed hidden states [B, T, H] (and the updated cache).
+
+        Without ``cache``: a whole padded batch, positions from the mask. With ``cache``: the
+        next ``T`` tokens are written at ``cache.index`` and attend to every real slot before
+        them; ``positions`` [B, T] must then be given (the running count of real tokens).
+        """
+        b, t = input_ids.shape
+        if positions is None:
+            if cache is not None:
+                raise ValueError("with a cache, pass the positions of the new tokens")
+            positions = position_ids(attention_mask)
+        x = constrain(self.embed(input_ids), ACTIVATION_AXES)
+        cos, sin = self.rope(positions)
+        if cache is None:
+            kv_mask, q_slots, write = attention_mask, jnp.arange(t), None
+        else:
+            write = cache.index
+            kv_mask = jax.lax.dynamic_update_slice(cache.mask, attention_mask.astype(cache.mask.dtype), (0, write))
+            q_slots = write + jnp.arange(t)
+        keys, values = [], []
+        for i, layer in enumerate(self.layers):
+            cache_kv = None if cache is None else (cache.keys[i], cache.values[i])
+            x, (k, v) = layer(x, cos, sin, kv_mask, q_slots, cache_kv, write)
+            keys.append(k)
+            values.append(v)
+        x = self.norm(x)
+        if cache is None:
+            return x, None
+        return x, KVCache(tuple(keys), tuple(values), kv_mask, cache.index + t)
+
+    def unembed_kernel(self) -> jax.Array:
+        """The [H, V] output projection (the transposed embedding when tied)."""
+        if self.lm_head is None:
+            return self.embed.embedding[...].T
+        return self.lm_head.kernel[...]
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        """[..., H] hidden states -> [..., V] logits in float32 (float64 when computing in float64)."""
+        kernel = self.unembed_kernel().astype(self.dtype or hidden.dtype)
+        out = jnp.einsum("...h,hv->...v", hidden.astype(kernel.dtype), kernel, preferred_element_type=_stat_dtype(kernel.dtype))
+        return constrain(out, LOGITS_AXES) if out.ndim == 3 else out

