@@ -1,4 +1,4 @@
-"""The ``jaxalign`` command line: ``jaxalign embed`` and ``jaxalign eval sts``.
+"""The ``jaxalign`` command line: ``embed``, ``generate``, ``train``, ``eval sts`` and ``eval preference``.
 
 Every subcommand validates its inputs (model, data, mesh, shapes) before compiling anything
 and reports bad input as one line naming the file/field and the fix, without a traceback.
@@ -75,6 +75,37 @@ def cmd_embed(args) -> int:
     return 0
 
 
+def cmd_generate(args) -> int:
+    import jax.numpy as jnp
+
+    from jaxalign.models.decoders import load_decoder
+
+    if bool(args.prompt) == bool(args.data):
+        raise ValueError("give either --prompt (one or more, printed) or --data with --output (D2O samples), not both")
+    if args.data and not args.output:
+        raise ValueError("--data needs --output: the jsonl file of {prompt, rejected, samples} records to write")
+    decoder = load_decoder(args.model, dtype=jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32,
+                           num_layers=args.num_layers)
+    temperature = args.temperature if args.temperature is not None else (0.0 if args.prompt else 1.0)
+    sampling = dict(max_new_tokens=args.max_new_tokens, temperature=temperature, top_p=args.top_p,
+                    top_k=args.top_k, seed=args.seed)
+    if args.prompt:
+        from jaxalign.inference.generate import generate
+
+        out = generate(decoder, None, args.prompt, chat=args.chat, **sampling)
+        for prompt, text, finished in zip(args.prompt, out.texts, out.finished):
+            print(f"### {prompt}\n{text}{'' if finished else ' [...]'}\n")
+        return 0
+    from jaxalign.inference.self_samples import write_self_samples
+
+    n = write_self_samples(decoder, args.data, args.output, num_samples=args.num_samples,
+                           max_examples=args.max_examples, skip_examples=args.skip_examples,
+                           max_prompt_length=args.max_prompt_length, chat_template=args.chat_template,
+                           batch_size=args.batch_size, **sampling)
+    print(f"wrote {n} records with {args.num_samples} samples each -> {args.output}")
+    return 0
+
+
 def cmd_eval_sts(args) -> int:
     from rich.console import Console
 
@@ -102,6 +133,27 @@ def cmd_eval_sts(args) -> int:
     return 0
 
 
+def cmd_eval_preference(args) -> int:
+    from rich.console import Console
+
+    from jaxalign.eval.preference import evaluate_preference, render_table, write_json
+    from jaxalign.sharding import MeshConfig
+
+    mesh = MeshConfig.parse(args.mesh).sizes() if args.mesh else (1, 1, 1)
+    summary = evaluate_preference(
+        args.model, args.data, ref=args.ref, beta=args.beta, max_examples=args.max_examples,
+        max_length=args.max_length, max_prompt_length=args.max_prompt_length,
+        max_completion_length=args.max_completion_length, chat_template=args.chat_template,
+        batch_size=args.batch_size, num_layers=args.num_layers, dtype=args.dtype, mesh=mesh)
+    reward = f"beta (log pi - log pi_ref), ref {args.ref}" if args.ref else "beta log pi (reference-free: no --ref)"
+    Console().print(render_table(summary, title=f"Preference, {args.model} on {args.data}: reward = {reward}"))
+    if args.json:
+        write_json(args.json, summary, {k: getattr(args, k) for k in ("model", "data", "ref", "beta", "max_length",
+                                                                       "max_prompt_length", "num_layers", "dtype")})
+        print(f"wrote {args.json}")
+    return 0
+
+
 def cmd_train(args) -> int:
     from rich.console import Console
 
@@ -121,8 +173,8 @@ def cmd_train(args) -> int:
     evals = summary["eval"]
     if evals:
         first, last = min(evals), max(evals)
-        console.print(f"STS ({cfg.eval.data}, {cfg.eval.split}): step {first}: {evals[first]:.2f} -> "
-                      f"step {last}: {evals[last]:.2f}   (best {max(evals.values()):.2f})")
+        console.print(f"{summary['eval_metric']} on {cfg.eval.data}: step {first}: {evals[first]:.4g} -> "
+                      f"step {last}: {evals[last]:.4g}   (best {max(evals.values()):.4g})")
     losses = summary["losses"]
     if losses:
         console.print(f"loss: {losses[min(losses)]:.4f} (step {min(losses)}) -> {losses[max(losses)]:.4f} "
@@ -149,6 +201,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="where to write the .npy embeddings")
     _add_model_args(p)
     p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser(
+        "generate", help="continue prompts with a decoder, or write D2O self-generated samples",
+        description="Greedy or sampled decoding with a KV cache. With --prompt: print each continuation. With "
+                    "--data and --output: for every record of a preference data set, sample --num-samples "
+                    "completions of its prompt (rendered and truncated as training does) and write "
+                    "{prompt, rejected, samples} jsonl records for data.kind=negatives (D2O).",
+    )
+    p.add_argument("--model", default="SmolLM2-135M-Instruct",
+                   help="packaged name, Hugging Face checkpoint directory or .gguf file. Default: %(default)s")
+    p.add_argument("--prompt", action="append", default=[], help="a prompt (repeat for a batch)")
+    p.add_argument("--chat", action="store_true", help="render each --prompt as a user message with the chat template")
+    p.add_argument("--data", default=None, help="preference data whose prompts to sample (as `jaxalign train` reads)")
+    p.add_argument("--output", default=None, help="with --data: the jsonl file to write")
+    p.add_argument("--num-samples", type=int, default=11, help="with --data: samples per prompt (D2O's K). Default: %(default)s")
+    p.add_argument("--max-examples", type=int, default=None, help="with --data: the first N rows (after --skip-examples)")
+    p.add_argument("--skip-examples", type=int, default=0, help="with --data: pass over the first N rows. Default: 0")
+    p.add_argument("--max-prompt-length", type=int, default=None, help="with --data: keep each prompt's last N tokens")
+    p.add_argument("--chat-template", default=None,
+                   help="with --data: as data.chat_template ('auto' renders every record as a chat)")
+    p.add_argument("--batch-size", type=int, default=32, help="sequences per compiled decoding batch. Default: %(default)s")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate at most. Default: %(default)s")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="0: greedy. Default: 0 with --prompt, 1.0 with --data (samples must differ)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off). Default: %(default)s")
+    p.add_argument("--top-k", type=int, default=0, help="sample among the K most likely tokens (0 = off). Default: 0")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed. Default: %(default)s")
+    p.add_argument("--num-layers", type=int, default=None, help="keep only the first N layers (quick checks)")
+    p.add_argument("--dtype", choices=DTYPES, default="float32", help="compute dtype. Default: %(default)s")
+    p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser(
         "train", help="train with a recipe (YAML) and key=value overrides",
@@ -183,6 +265,36 @@ def build_parser() -> argparse.ArgumentParser:
                    help="k: keep the k highest-variance whitened dimensions (default: all)")
     _add_model_args(p)
     p.set_defaults(func=cmd_eval_sts)
+
+    p = ev_sub.add_parser(
+        "preference", help="implicit-reward accuracy and margins on preference pairs",
+        description="Scores each (prompt, chosen, rejected) pair by its implicit reward beta (log pi(y|x) - "
+                    "log pi_ref(y|x)) over completion tokens and reports TRL's rewards/accuracies, margins, "
+                    "chosen/rejected rewards and log-probs, plus the length-normalised accuracy. DATA: a jsonl / "
+                    "jsonl.gz / parquet file (TRL standard or conversational format, or HH-RLHF's chosen/rejected "
+                    "transcripts), a directory of them, hf:NAME[:SPLIT], or builtin:prefs-mini.",
+    )
+    p.add_argument("--model", default="SmolLM2-135M-Instruct",
+                   help="the policy: packaged name, Hugging Face checkpoint directory or .gguf file. Default: %(default)s")
+    p.add_argument("--data", default="builtin:prefs-mini", help="held-out preference pairs. Default: %(default)s")
+    p.add_argument("--ref", default=None,
+                   help="reference model (usually the model before training); omitted: reference-free rewards")
+    p.add_argument("--beta", type=float, default=0.1, help="reward scale. Default: %(default)s")
+    p.add_argument("--max-examples", type=int, default=None, help="score the first N pairs (default: all)")
+    p.add_argument("--max-length", type=int, default=512,
+                   help="prompt + completion tokens; longer pairs are truncated as TRL does. Default: %(default)s")
+    p.add_argument("--max-prompt-length", type=int, default=None, help="keep the prompt's last N tokens")
+    p.add_argument("--max-completion-length", type=int, default=None, help="keep each completion's first N tokens")
+    p.add_argument("--chat-template", default=None,
+                   help="'auto' renders every record as a chat with the tokenizer's template; or a Jinja template. "
+                        "Default: text records as text, conversational records through the tokenizer's template")
+    p.add_argument("--batch-size", type=int, default=8, help="pairs per compiled batch. Default: %(default)s")
+    p.add_argument("--num-layers", type=int, default=None, help="keep only the first N layers (quick checks)")
+    p.add_argument("--dtype", choices=DTYPES, default="float32", help="compute dtype. Default: %(default)s")
+    p.add_argument("--mesh", default=None, metavar="DATA,FSDP,TENSOR",
+                   help="shard over a device mesh, e.g. '2,2,2'. Default: one device")
+    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.set_defaults(func=cmd_eval_preference)
     return parser
 
 

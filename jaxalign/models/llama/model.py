@@ -185,12 +185,13 @@ class LlamaForCausalLM(nnx.Module):
             )
 
     def rope(self, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """cos, sin [B, T, D] in float32 for integer positions [B, T]."""
+        """cos, sin [B, T, D] for integer positions [B, T], computed in float32 as transformers does
+        (even in a float64 run, which then matches a float64 transformers run to rounding)."""
         inv_freq, scaling = self.config.rope_frequencies()
         wide = _stat_dtype(self.dtype or jnp.float32)
-        freqs = positions.astype(wide)[..., None] * jnp.asarray(inv_freq, wide)
+        freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq, jnp.float32)
         emb = jnp.concatenate([freqs, freqs], axis=-1)
-        return jnp.cos(emb) * scaling, jnp.sin(emb) * scaling
+        return (jnp.cos(emb) * scaling).astype(wide), (jnp.sin(emb) * scaling).astype(wide)
 
     def __call__(
         self,
