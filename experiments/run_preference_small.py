@@ -26,13 +26,13 @@ COLUMNS = [("eval/accuracy/length_normalised", "acc/token"), ("eval/accuracy/log
 
 
 def self_samples(cfg, source: str) -> None:
-    """D2O's samples: the recipe's own model continues the first 160 HH-RLHF prompts (the
+    """D2O's samples: the recipe's own model continues the first 96 HH-RLHF prompts (the
     command in ``d2o_small.yaml``'s header)."""
     from jaxalign.inference.self_samples import write_self_samples
     from jaxalign.models.decoders import load_decoder
 
     write_self_samples(load_decoder(cfg.model.name), source, cfg.data.path, num_samples=cfg.data.num_samples,
-                       max_new_tokens=48, max_examples=160, max_prompt_length=cfg.data.max_prompt_length,
+                       max_new_tokens=48, max_examples=96, max_prompt_length=cfg.data.max_prompt_length,
                        chat_template=cfg.data.chat_template)
 
 
