@@ -58,7 +58,8 @@ def filter_logits(logits: jax.Array, temperature: jax.Array, top_k: jax.Array, t
 
     As ``transformers``: top-k keeps every token tied with the k-th largest; top-p, over the
     top-k survivors sorted ascending, drops those whose cumulative probability is
-    ``<= 1 - top_p`` and always keeps the most likely token.
+    ``<= 1 - top_p`` and always keeps the most likely token (tokens tied with the least likely
+    kept one are all kept, where ``transformers`` breaks the tie by its sort order).
     """
     logits = logits.astype(jnp.float32) / temperature
     vocab = logits.shape[-1]
@@ -216,6 +217,8 @@ def generate(
         raise ValueError(f"top_p={top_p!r}: must be in (0, 1] (1 disables nucleus filtering)")
     if not _is_int(top_k) or top_k < 0:
         raise ValueError(f"top_k={top_k!r}: must be an int >= 0 (0 disables top-k filtering)")
+    if not (_is_int(seed) or isinstance(seed, jax.Array)):
+        raise ValueError(f"seed={seed!r}: must be an int or a JAX PRNG key")
     vocab = decoder.config.vocab_size
     stops = decoder.stop_token_ids if stop_token_ids is None else tuple(stop_token_ids)
     if not all(_is_int(t) and 0 <= t < vocab for t in stops):
