@@ -18,7 +18,9 @@ shardings.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import importlib.util
 import json
 import logging
@@ -242,7 +244,10 @@ def load_decoder_tokenizer(path: Path, vocab_size: int, gguf: GGUFCheckpoint | N
 
     try:
         if path.suffix == ".gguf":
-            tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+            # transformers re-parses the whole GGUF file (twice) to build a tokenizer: do it
+            # once per file version and hand out copies.
+            stat = path.stat()
+            tokenizer = copy.deepcopy(_gguf_tokenizer(str(path), stat.st_mtime_ns, stat.st_size))
         else:
             tokenizer = AutoTokenizer.from_pretrained(str(path))
     except Exception as e:
@@ -265,6 +270,13 @@ def load_decoder_tokenizer(path: Path, vocab_size: int, gguf: GGUFCheckpoint | N
     if not getattr(tokenizer, "chat_template", None):
         log.info("%s: the tokenizer has no chat template; generate(chat=True) will refuse", path)
     return tokenizer
+
+
+@functools.lru_cache(maxsize=4)
+def _gguf_tokenizer(path: str, mtime_ns: int, size: int):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(Path(path).parent), gguf_file=Path(path).name)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
