@@ -16,6 +16,8 @@ import argparse
 import dataclasses
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -42,37 +44,50 @@ def main() -> None:
     parser.add_argument("--data", default=os.environ.get("JAXALIGN_DATA", str(HERE.parent.parent / "shared" / "data")),
                         help="folder with hh-rlhf/ (default: $JAXALIGN_DATA or ../shared/data)")
     parser.add_argument("--steps", type=int, default=None, help="override every recipe's step count")
+    parser.add_argument("--table-only", action="store_true", help="print the table from existing result files")
     args = parser.parse_args()
+    out_dir = HERE / "results"
+    if len(args.recipes) > 1 and not args.table_only:
+        # One process per recipe: each loads its own models, and a process's exit returns all of it.
+        for name in args.recipes:
+            extra = ["--steps", str(args.steps)] if args.steps else []
+            subprocess.run([sys.executable, __file__, name, "--data", args.data, *extra], check=True)
+        args.table_only = True
+    if args.table_only:
+        print_table([json.loads((out_dir / f"{name}.json").read_text()) for name in args.recipes])
+        return
+    run(args.recipes[0], args, out_dir)
 
+
+def run(name: str, args, out_dir: Path) -> None:
+    """Trains one recipe (evaluating at its first and last step) and writes its result file."""
     from jaxalign.config import load_recipe, to_dict
     from jaxalign.train.config import TrainConfig
     from jaxalign.train.trainer import train
 
-    out_dir = HERE / "results"
+    overrides = [f"log.dir=runs/{name}", "checkpoint.dir=null"]
+    if args.steps:
+        overrides += [f"steps={args.steps}", f"eval.every={args.steps}"]
+    cfg = load_recipe(TrainConfig, HERE / f"{name}.yaml", overrides)
+    local = lambda p: p.replace("../shared/data", args.data) if p else p
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=local(cfg.data.path)),
+                              eval=dataclasses.replace(cfg.eval, data=local(cfg.eval.data)))
+    start = time.perf_counter()
+    if cfg.data.kind == "negatives" and not Path(cfg.data.path).exists():
+        self_samples(cfg, local("../shared/data/hh-rlhf/helpful-base/test.jsonl.gz"))
+    summary = train(cfg)
+    minutes = (time.perf_counter() - start) / 60
+    evals = summary["eval_metrics"]
+    before, after = evals[min(evals)], evals[max(evals)]
+    result = {"recipe": name, "config": to_dict(cfg), "before": before, "after": after,
+              "losses": summary["losses"], "minutes": minutes,
+              "command": f"python experiments/run_preference_small.py {name}"}
     out_dir.mkdir(exist_ok=True)
-    rows = []
-    for name in args.recipes:
-        overrides = [f"log.dir=runs/{name}", "checkpoint.dir=null"]
-        if args.steps:
-            overrides += [f"steps={args.steps}", f"eval.every={args.steps}"]
-        cfg = load_recipe(TrainConfig, HERE / f"{name}.yaml", overrides)
-        local = lambda p: p.replace("../shared/data", args.data) if p else p
-        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=local(cfg.data.path)),
-                                  eval=dataclasses.replace(cfg.eval, data=local(cfg.eval.data)))
-        start = time.perf_counter()
-        if cfg.data.kind == "negatives" and not Path(cfg.data.path).exists():
-            self_samples(cfg, local("../shared/data/hh-rlhf/helpful-base/test.jsonl.gz"))
-        summary = train(cfg)
-        minutes = (time.perf_counter() - start) / 60
-        evals = summary["eval_metrics"]
-        before, after = evals[min(evals)], evals[max(evals)]
-        result = {"recipe": name, "config": to_dict(cfg), "before": before, "after": after,
-                  "losses": summary["losses"], "minutes": minutes,
-                  "command": f"python experiments/run_preference_small.py {name}"}
-        (out_dir / f"{name}.json").write_text(json.dumps(result, indent=2))
-        rows.append(result)
-        print(f"{name}: " + ", ".join(f"{label} {before[k]:.3f} -> {after[k]:.3f}" for k, label in COLUMNS)
-              + f" ({minutes:.1f} min)")
+    (out_dir / f"{name}.json").write_text(json.dumps(result, indent=2))
+    print_table([result])
+
+
+def print_table(rows: list[dict]) -> None:
     print("\n| recipe | " + " | ".join(label for _, label in COLUMNS) + " | minutes |")
     print("|---|" + "---|" * (len(COLUMNS) + 1))
     for r in rows:
