@@ -37,8 +37,10 @@ class NonFiniteError(RuntimeError):
 
 def maybe_initialize_distributed() -> None:
     """Joins a multi-process run when a coordinator is configured (``JAX_COORDINATOR_ADDRESS``,
-    with ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``); a no-op otherwise."""
-    if os.environ.get("JAX_COORDINATOR_ADDRESS") and not jax.distributed.is_initialized():
+    with ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``) or on a multi-host TPU slice (whose VMs
+    list every worker in ``TPU_WORKER_HOSTNAMES``; JAX finds the rest itself); a no-op otherwise."""
+    multi_host_tpu = "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
+    if (os.environ.get("JAX_COORDINATOR_ADDRESS") or multi_host_tpu) and not jax.distributed.is_initialized():
         jax.distributed.initialize()
 
 
