@@ -147,19 +147,73 @@ def test_objective_trains(name, negatives):
 def test_logits_are_never_materialised():
     """Chunking the LM head saves more than a whole [rows, T, V] float32 logits tensor of the
     compiled step's temporaries, against the same step with a single chunk (the full logits)."""
-    from jaxalign.data.stream import to_global
-
     temps = {}
     for chunk in (96, 16):
         run = Run.build(config("mesh.data=1", f"objective.logps_chunk={chunk}"), devices=jax.devices()[:1])
         local = run.task.next_batch()
-        batch = to_global(local, run.batch_shardings)
-        lowered = jax.jit(run.task.value_and_grad()).lower(run.task.params, batch, jax.random.PRNGKey(0),
-                                                           run.task.frozen)
-        temps[chunk] = lowered.compile().memory_analysis().temp_size_in_bytes
+        temps[chunk] = compiled_temp_bytes(run, local)
     b, c, t = local["input_ids"].shape
     logits_bytes = b * c * t * run.task.decoder.config.vocab_size * 4
     assert temps[16] < temps[96] - logits_bytes, (temps, logits_bytes)
+
+
+def compiled_temp_bytes(run: Run, local: dict) -> int:
+    """Bytes of temporaries in the compiled loss-and-gradient program on this backend."""
+    from jaxalign.data.stream import to_global
+
+    batch = to_global(local, run.batch_shardings)
+    lowered = jax.jit(run.task.value_and_grad()).lower(run.task.params, batch, jax.random.PRNGKey(0), run.task.frozen)
+    return lowered.compile().memory_analysis().temp_size_in_bytes
+
+
+@pytest.mark.parametrize("policy", ["full", "dots"])
+def test_remat_gives_the_same_step(single, policy):
+    _, local, (loss, _, grads) = single
+    run = Run.build(config("mesh.data=1", f"model.remat={policy}"), devices=jax.devices()[:1])
+    r_loss, _, r_grads = loss_and_grads(run, local)
+    assert r_loss == pytest.approx(loss, rel=1e-6)
+    assert_trees_close(r_grads, grads)
+
+
+def residual_bytes(run: Run) -> int:
+    """Bytes of the values the forward pass saves for the backward pass (parameters aside),
+    read from ``jax.ad_checkpoint.print_saved_residuals``: what rematerialisation controls,
+    independent of how a backend schedules the recomputation."""
+    import contextlib
+    import io
+    import re
+
+    import jax.ad_checkpoint
+    from jaxalign.data.stream import to_global
+
+    batch = to_global(run.task.next_batch(), run.batch_shardings)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        jax.ad_checkpoint.print_saved_residuals(
+            lambda p: run.task.loss_fn(p, batch, jax.random.PRNGKey(0), run.task.frozen)[0], run.task.params)
+    total = 0
+    for line in out.getvalue().splitlines():
+        match = re.match(r"([a-z]+)(\d*)\[([\d,]*)\]", line)
+        if match and "from the argument" not in line:
+            bits = int(match[2]) if match[2] else 8
+            total += math.prod(int(d) for d in match[3].split(",") if d) * bits // 8
+    return total
+
+
+def test_remat_saves_activation_memory():
+    """What each added layer keeps for the backward pass: with ``full`` remat only its input
+    [rows, T, H], with ``dots`` also its matmul outputs, without remat every intermediate."""
+    saved = {}
+    for policy in ("none", "dots", "full"):
+        for layers in (1, 3):
+            run = Run.build(config("mesh.data=1", f"model.num_layers={layers}", f"model.remat={policy}"),
+                            devices=jax.devices()[:1])
+            saved[policy, layers] = residual_bytes(run)
+    per_layer = {p: (saved[p, 3] - saved[p, 1]) / 2 for p in ("none", "dots", "full")}
+    local = run.task.next_batch()["input_ids"]
+    layer_input = local.shape[0] * local.shape[1] * local.shape[2] * run.task.decoder.config.hidden_size * 4
+    assert per_layer["full"] == layer_input, per_layer
+    assert layer_input < per_layer["dots"] < per_layer["none"], per_layer
 
 
 @pytest.mark.parametrize("overrides, message", [

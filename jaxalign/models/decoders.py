@@ -171,11 +171,13 @@ def load_decoder(
     dtype=jnp.float32,
     param_dtype=jnp.float32,
     num_layers: int | None = None,
+    remat: str = "none",
 ) -> Decoder:
     """Loads a decoder checkpoint (and its tokenizer) for compute in ``dtype``.
 
     With ``mesh``, each parameter is created directly in its sharding over that mesh.
     ``num_layers`` keeps only the first n layers (the other layers' tensors are never read).
+    ``remat``: ``none``, ``full`` or ``dots``, the layers' rematerialisation in training.
     """
     path = resolve_decoder_path(name_or_path)
     if path.suffix == ".gguf":
@@ -208,7 +210,8 @@ def load_decoder(
             raise ValueError(f"num_layers={num_layers}: the checkpoint has {config.num_hidden_layers} layers")
         ignore += [f"layers.{i}.*" for i in range(num_layers, config.num_hidden_layers)]
         config = config.truncated(num_layers)
-    abstract = nnx.eval_shape(lambda: LlamaForCausalLM(config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0)))
+    abstract = nnx.eval_shape(lambda: LlamaForCausalLM(config, dtype=dtype, param_dtype=param_dtype, remat=remat,
+                                                         rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)
     params, axes = load_params(
         checkpoint,

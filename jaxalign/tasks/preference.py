@@ -100,7 +100,8 @@ class PreferenceTask:
     def build(cls, cfg: TrainConfig, mesh: jax.sharding.Mesh) -> "PreferenceTask":
         check_objective(cfg)
         dtype = jnp.bfloat16 if cfg.model.dtype == "bfloat16" else jnp.float32
-        decoder = load_decoder(cfg.model.name, mesh=mesh, dtype=dtype, num_layers=cfg.model.num_layers)
+        decoder = load_decoder(cfg.model.name, mesh=mesh, dtype=dtype, num_layers=cfg.model.num_layers,
+                               remat=cfg.model.remat)
         records = load_preference(cfg.data.path, DATA_KIND[cfg.data.kind], cfg.data.max_examples,
                                   cfg.data.skip_examples)
         tokens = tokenize_preference(decoder.tokenizer, records, max_length=cfg.model.max_length,

@@ -41,6 +41,9 @@ class ModelConfig:
     num_layers: int | None = None  # keep only the first n transformer layers (small CPU recipes)
     dropout: bool = True  # the checkpoint's dropout rates in training (SimCSE needs them); false: deterministic
     lora: LoraConfig = LoraConfig()  # decoders: parameter-efficient training
+    # decoders: recompute each layer in the backward pass (full) or all but its matmuls (dots),
+    # keeping only layer inputs: activation memory for compute, as MaxText's remat policies
+    remat: Literal["none", "full", "dots"] = "none"
 
     def __post_init__(self):
         _check(self.max_length >= 4, f"model.max_length={self.max_length}: must be >= 4")
@@ -203,5 +206,7 @@ class TrainConfig:
                f"objective.name={self.objective.name} does not train on data.kind={self.data.kind}: "
                + ("set data.kind to one of " + ", ".join(PREFERENCE_DATA) if preference_objective
                   else "preference data needs a preference objective: " + ", ".join(PREFERENCE_OBJECTIVES)))
+        _check(self.model.remat == "none" or preference_objective,
+               f"model.remat={self.model.remat}: rematerialisation is implemented for decoders (preference objectives)")
         _check(self.model.lora.rank == 0 or preference_objective,
                "model.lora.rank > 0: LoRA is implemented for decoders (preference objectives)")

@@ -10,6 +10,11 @@ Padding: rows may be right- or left-padded. Position ids count real tokens only
 padding slots are masked, so a row's real tokens see exactly what they would unpadded.
 Values at padding positions are undefined.
 
+Rematerialisation (``remat``, training only): each layer keeps only its input for the
+backward pass and recomputes the rest (``"full"``), or also keeps its matmul outputs
+(``"dots"``, JAX's ``dots_with_no_batch_dims_saveable``), trading compute for activation
+memory as MaxText's remat policies do.
+
 The cache is a pure pytree passed in and returned (:class:`KVCache`): one write offset shared
 by all rows (prompts are left-padded to a common length), a ``[B, S]`` mask of the slots that
 hold real tokens, and per layer ``[B, S, K, D]`` keys and values.
@@ -28,6 +33,8 @@ from jaxalign.models.llama.config import LlamaConfig
 from jaxalign.sharding.rules import constrain
 
 ACTIVATION_AXES = ("batch", "length", "act_embed")
+REMAT_POLICIES = {"full": jax.checkpoint_policies.nothing_saveable,
+                  "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 LOGITS_AXES = ("batch", "length", "act_vocab")
 CACHE_AXES = ("batch", "length", None, None)
 _NEG = float(np.finfo(np.float32).min)
@@ -163,15 +170,27 @@ class Layer(nnx.Module):
         return constrain(x, ACTIVATION_AXES), kv
 
 
+def _rematerialised(layer: Layer, policy, *args):
+    """The hidden states of ``layer(*args)`` under ``jax.checkpoint``: the backward pass
+    recomputes what ``policy`` does not save. The layer is split into a pure function of its
+    parameters for the purpose."""
+    graphdef, state = nnx.split(layer)
+    return jax.checkpoint(lambda s, *a: nnx.merge(graphdef, s)(*a)[0], policy=policy)(state, *args)
+
+
 class LlamaForCausalLM(nnx.Module):
     """Decoder-only transformer with an LM head (tied to the embedding or its own).
 
     ``dtype`` is the compute dtype; parameters are stored in ``param_dtype`` (float32 by default).
     """
 
-    def __init__(self, cfg: LlamaConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(self, cfg: LlamaConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, remat: str = "none",
+                 rngs: nnx.Rngs):
+        if remat not in ("none", *REMAT_POLICIES):
+            raise ValueError(f"remat={remat!r}: choose none, {', '.join(REMAT_POLICIES)}")
         self.config = cfg
         self.dtype = dtype
+        self.remat = remat
         self.embed = nnx.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.layers = nnx.List(
             [Layer(cfg, i, dtype=dtype, param_dtype=param_dtype, rngs=rngs) for i in range(cfg.num_hidden_layers)]
@@ -222,6 +241,9 @@ class LlamaForCausalLM(nnx.Module):
             q_slots = write + jnp.arange(t)
         keys, values = [], []
         for i, layer in enumerate(self.layers):
+            if cache is None and self.remat != "none":
+                x = _rematerialised(layer, REMAT_POLICIES[self.remat], x, cos, sin, kv_mask, q_slots)
+                continue  # no cache to fill
             cache_kv = None if cache is None else (cache.keys[i], cache.values[i])
             x, (k, v) = layer(x, cos, sin, kv_mask, q_slots, cache_kv, write)
             keys.append(k)
