@@ -46,3 +46,16 @@ def real_sentences() -> list[str]:
     sents = sorted(set(task.subsets[0].sentences1), key=len)
     # shortest, longest and a spread in between
     return [sents[i] for i in range(0, len(sents), max(1, len(sents) // 24))] + [sents[-1]]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drops every compiled program (and the weights their closures hold) after each test
+    module, so one pytest process can run the whole suite within a CI machine's memory."""
+    yield
+    import gc
+
+    import jax
+
+    jax.clear_caches()
+    gc.collect()
