@@ -80,17 +80,16 @@ import argparse
 import json
 import math
 import os
-import platform
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+from jaxalign.benchmarking import interleave, machine_info, matmul_peak  # noqa: E402
 DATA = Path(os.environ.get("JAXALIGN_DATA", REPO.parent / "shared" / "data"))
 HH = DATA / "hh-rlhf" / "helpful-base" / "test.jsonl.gz"
 LN2 = math.log(2.0)
@@ -390,78 +389,6 @@ class TrlSide:
 # ------------------------------------------------------------------------------------ timing
 
 
-def interleave(runners: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
-    """Seconds per call of each runner, ``rounds`` calls each; the order reverses every round."""
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    names = list(runners)
-    for r in range(rounds):
-        for name in names if r % 2 == 0 else names[::-1]:
-            start = time.perf_counter()
-            runners[name]()
-            times[name].append(time.perf_counter() - start)
-    return times
-
-
-def matmul_peak(size: int, repeats: int) -> dict:
-    """Median float32 GFLOP/s of a ``size``-square matmul in JAX and in PyTorch (each on its default device)."""
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-    import torch
-
-    rng = np.random.default_rng(0)
-    a_np, b_np = (rng.standard_normal((size, size), dtype=np.float32) for _ in range(2))
-    a_j, b_j = jnp.asarray(a_np), jnp.asarray(b_np)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    a_t, b_t = torch.from_numpy(a_np).to(device), torch.from_numpy(b_np).to(device)
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    mm = jax.jit(lambda a, b: a @ b)
-    jax.block_until_ready(mm(a_j, b_j))
-    torch.mm(a_t, b_t)
-    sync()
-
-    def torch_mm():
-        torch.mm(a_t, b_t)
-        sync()
-
-    times = interleave({"jax": lambda: jax.block_until_ready(mm(a_j, b_j)), "torch": torch_mm}, repeats)
-    flops = 2 * size**3
-    out = {"size": size, "flops": flops, "times_s": times}
-    for name, t in times.items():
-        out[f"{name}_gflops"] = flops / statistics.median(t) / 1e9
-    out["peak_gflops"] = max(out["jax_gflops"], out["torch_gflops"])
-    return out
-
-
-def machine_info() -> dict:
-    import jax
-    import torch
-    import transformers
-    import trl
-
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
-    return {
-        "cpu_count": os.cpu_count(),
-        "cores_used": len(os.sched_getaffinity(0)),
-        "cpu_model": next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
-                          platform.processor()),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "jaxalign_commit": commit or None,  # the working tree may differ from it
-        "jax": jax.__version__,
-        "jax_devices": [str(d) for d in jax.devices()],
-        "xla_flags": os.environ.get("XLA_FLAGS"),
-        "torch": torch.__version__,
-        "torch_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-        "torch_threads": torch.get_num_threads(),
-        "transformers": transformers.__version__,
-        "trl": trl.__version__,
-    }
-
-
 def render(console, r: dict) -> None:
     from rich.table import Table
 
@@ -603,7 +530,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                        "first_step_metrics": first_metrics[name]}
     if "trl" in impls:
         impls["trl"]["optimizer"] = sides["trl"].optim
-    machine = machine_info()
+    machine = machine_info("torch", "transformers", "trl")
     machine["load_average_1_5_15min"] = {"before": load_before, "after": load_after}
     results = {
         "benchmark": "dpo_step",

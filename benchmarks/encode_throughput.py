@@ -35,9 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -47,6 +45,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+from jaxalign.benchmarking import machine_info  # noqa: E402
 DATA = Path(os.environ.get("JAXALIGN_DATA", REPO.parent / "shared" / "data"))
 WIKI = DATA / "wiki" / "wiki1m_for_simcse.head.txt"
 MODEL = "all-MiniLM-L6-v2"
@@ -182,31 +181,6 @@ def timed(fn: Encode, sentences: Sequence[str]) -> tuple[float, np.ndarray]:
     return time.perf_counter() - start, out
 
 
-def machine_info() -> dict:
-    import jax
-    import sentence_transformers
-    import torch
-    import transformers
-
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
-    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpu_model": next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
-                          platform.processor()),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "git_head": head or None,  # the working tree may differ from it
-        "jax": jax.__version__,
-        "jax_devices": [str(d) for d in jax.devices()],
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "transformers": transformers.__version__,
-        "sentence_transformers": sentence_transformers.__version__,
-    }
-
-
 def render(console, r: dict) -> None:
     """The results table and the notes needed to read it."""
     from rich.table import Table
@@ -278,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     throughput = {name: len(sentences) / m for name, m in median.items()}
     cosine = {name: min_cosine(outputs[jax_name], out) for name, out in outputs.items() if name != jax_name}
     threshold = PARITY_MIN_COSINE[args.dtype]
-    machine = machine_info()
+    machine = machine_info("torch", "transformers", "sentence_transformers")
     machine["load_average_1_5_15min"] = {"before": load_before, "after": os.getloadavg()}
     results = {
         "benchmark": "encode_throughput",

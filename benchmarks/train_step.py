@@ -59,15 +59,14 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+from jaxalign.benchmarking import interleave, machine_info, matmul_peak  # noqa: E402
 DATA = Path(os.environ.get("JAXALIGN_DATA", REPO.parent / "shared" / "data"))
 WIKI = DATA / "wiki" / "wiki1m_for_simcse.head.txt"
 MODEL = "all-MiniLM-L6-v2"
@@ -153,42 +152,6 @@ def model_flops(cfg, rows: int, length: int) -> dict:
         "N_mm": n_mm, "R": rows, "T": length, "L": layers, "H": hidden, "I": inter,
         "dense": dense, "attention": attention, "total": dense + attention,
     }
-
-
-def interleave(runners: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
-    """Seconds per call of each runner, ``rounds`` calls each; the order reverses every round."""
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    names = list(runners)
-    for r in range(rounds):
-        for name in names if r % 2 == 0 else names[::-1]:
-            start = time.perf_counter()
-            runners[name]()
-            times[name].append(time.perf_counter() - start)
-    return times
-
-
-def matmul_peak(size: int, repeats: int) -> dict:
-    """Median float32 GFLOP/s of a ``size``-square matmul in JAX and in PyTorch."""
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-    import torch
-
-    rng = np.random.default_rng(0)
-    a_np, b_np = (rng.standard_normal((size, size), dtype=np.float32) for _ in range(2))
-    a_j, b_j = jnp.asarray(a_np), jnp.asarray(b_np)
-    a_t, b_t = torch.from_numpy(a_np), torch.from_numpy(b_np)
-    mm = jax.jit(lambda a, b: a @ b)
-    jax.block_until_ready(mm(a_j, b_j))
-    torch.mm(a_t, b_t)
-    times = interleave({"jax": lambda: jax.block_until_ready(mm(a_j, b_j)), "torch": lambda: torch.mm(a_t, b_t)},
-                       repeats)
-    flops = 2 * size**3
-    out = {"size": size, "flops": flops, "times_s": times}
-    for name, t in times.items():
-        out[f"{name}_gflops"] = flops / statistics.median(t) / 1e9
-    out["peak_gflops"] = max(out["jax_gflops"], out["torch_gflops"])
-    return out
 
 
 class JaxSide:
@@ -325,31 +288,6 @@ class TorchSide:
         self.losses.append(self.last_loss)
 
 
-def machine_info() -> dict:
-    import jax
-    import torch
-    import transformers
-
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    return {
-        "cpu_count": os.cpu_count(),
-        "cores_used": len(os.sched_getaffinity(0)),
-        "cpu_model": next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
-                          platform.processor()),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "jaxalign_commit": commit or None,
-        "jax": jax.__version__,
-        "jax_devices": [str(d) for d in jax.devices()],
-        "xla_flags": os.environ.get("XLA_FLAGS"),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "transformers": transformers.__version__,
-    }
-
-
 def render(console, r: dict) -> None:
     from rich.table import Table
 
@@ -398,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     t_start = time.perf_counter()
 
-    import jax
+    import jax  # noqa: F401  (JAX before torch: each sets up its own thread pool)
     import numpy as np
     import torch
     from rich.console import Console
@@ -494,7 +432,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             breakdown[name] = {"forward": fwd, "forward+backward": fb, "backward": fb - fwd, "optimiser": step - fb,
                                "step": step, "times_s": {k.split(" ", 1)[1]: v for k, v in breakdown_times.items()
                                                          if k.startswith(name)}}
-    machine = machine_info()
+    machine = machine_info("torch", "transformers")
     machine["load_average_1_5_15min"] = {"before": load_before, "after": os.getloadavg()}
     results = {
         "benchmark": "train_step",

@@ -54,8 +54,6 @@ import argparse
 import json
 import math
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -63,6 +61,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+from jaxalign.benchmarking import machine_info  # noqa: E402
 LN2 = math.log(2.0)
 METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
            "logps/rejected")
@@ -308,36 +307,6 @@ def compare_batches(jx_batches: list[dict], trl_batches: list[dict]) -> dict:
             "trl_padded_lengths": [int(t["input_ids"].shape[-1]) for t in trl_batches]}
 
 
-def machine_info() -> dict:
-    import accelerate
-    import jax
-    import torch
-    import transformers
-    import trl
-
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
-    return {
-        "cpu_count": os.cpu_count(),
-        "cores_used": len(os.sched_getaffinity(0)),
-        "cpu_model": next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
-                          platform.processor()),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "jaxalign_commit": commit or None,  # the working tree may differ from it
-        "jax": jax.__version__,
-        "jax_devices": [str(d) for d in jax.devices()],
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "transformers": transformers.__version__,
-        "trl": trl.__version__,
-        "accelerate": accelerate.__version__,
-        "load_average_1_5_15min": os.getloadavg(),
-    }
-
-
 def render(console, r: dict) -> None:
     from rich.table import Table
 
@@ -433,7 +402,7 @@ def main(argv=None) -> int:
         "batches": batches,
         "checks": checks,
         "wall_s": {"jaxalign": jx["wall_s"], "trl": tr["wall_s"], "total": time.perf_counter() - t0},
-        "machine": machine_info(),
+        "machine": machine_info("torch", "transformers", "trl", "accelerate"),
     }
     render(console, results)
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,6 @@ per-step losses included). Exit status 1 when the Spearmans differ by more than 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os

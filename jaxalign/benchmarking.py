@@ -1,0 +1,94 @@
+"""What every side-by-side benchmark and experiment shares: alternating timing, the measured
+matmul peak that MFU is quoted against, and a record of the machine and library versions.
+
+PyTorch is imported only by :func:`matmul_peak` and when named to :func:`machine_info`, so
+jaxalign itself never needs it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def interleave(runners: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
+    """Seconds per call of each runner, ``rounds`` calls each; the order reverses every round,
+    so that drifts in machine load fall on every runner alike."""
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    names = list(runners)
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            start = time.perf_counter()
+            runners[name]()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def matmul_peak(size: int, repeats: int) -> dict:
+    """Median float32 GFLOP/s of a ``size``-square matmul in JAX and in PyTorch, each on its
+    default device, timed alternately; ``peak_gflops`` is the better of the two."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(0)
+    a_np, b_np = (rng.standard_normal((size, size), dtype=np.float32) for _ in range(2))
+    a_j, b_j = jnp.asarray(a_np), jnp.asarray(b_np)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    a_t, b_t = torch.from_numpy(a_np).to(device), torch.from_numpy(b_np).to(device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    mm = jax.jit(lambda a, b: a @ b)
+
+    def torch_mm():
+        torch.mm(a_t, b_t)
+        sync()
+
+    jax.block_until_ready(mm(a_j, b_j))
+    torch_mm()
+    times = interleave({"jax": lambda: jax.block_until_ready(mm(a_j, b_j)), "torch": torch_mm}, repeats)
+    flops = 2 * size**3
+    out = {"size": size, "flops": flops, "times_s": times}
+    for name, t in times.items():
+        out[f"{name}_gflops"] = flops / statistics.median(t) / 1e9
+    out["peak_gflops"] = max(out["jax_gflops"], out["torch_gflops"])
+    return out
+
+
+def machine_info(*modules: str) -> dict:
+    """The machine (CPU, cores, load), the jaxalign commit, JAX's devices and the versions of
+    ``modules`` (importable names, e.g. ``"torch"``, ``"trl"``)."""
+    import jax
+
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    info = {
+        "cpu_count": os.cpu_count(),
+        "cores_used": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpu_model": next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
+                          platform.processor()),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "jaxalign_commit": commit or None,  # the working tree may differ from it
+        "jax": jax.__version__,
+        "jax_devices": [str(d) for d in jax.devices()],
+        "xla_flags": os.environ.get("XLA_FLAGS"),
+        "load_average_1_5_15min": os.getloadavg(),
+    }
+    for name in modules:
+        info[name] = importlib.import_module(name).__version__
+    if "torch" in modules:
+        import torch
+
+        info["torch_device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+        info["torch_threads"] = torch.get_num_threads()
+    return info
