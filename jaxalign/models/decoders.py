@@ -37,7 +37,7 @@ from jaxalign.models.llama import weights as llama_weights
 from jaxalign.models.llama.config import SUPPORTED_MODEL_TYPES, LlamaConfig
 from jaxalign.models.llama.model import KVCache, LlamaForCausalLM
 from jaxalign.weights.gguf_io import GGUFCheckpoint
-from jaxalign.weights.loader import load_params
+from jaxalign.weights.loader import bind, dropped_layers, load_module
 from jaxalign.weights.safetensors_io import CheckpointError, SafetensorsCheckpoint
 
 log = logging.getLogger(__name__)
@@ -120,9 +120,7 @@ class Decoder:
     hf_config: dict = dataclasses.field(default_factory=dict)  # config.json as read (or rebuilt from GGUF), for export
 
     def module(self, params: dict) -> LlamaForCausalLM:
-        state = jax.tree.map(lambda x: x, self.state)
-        nnx.replace_by_pure_dict(state, params)
-        return nnx.merge(self.graphdef, state)
+        return bind(self.graphdef, self.state, params)
 
     def hidden(self, params: dict, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
         """Final-normed hidden states [B, T, H] of a right- or left-padded batch (mask 1 = real)."""
@@ -205,24 +203,13 @@ def load_decoder(
     ignore = list(llama_weights.IGNORE)
     if config.tie_word_embeddings:
         ignore.append(llama_weights.LM_HEAD_TENSOR)  # a saved copy of the tied embedding
+    ignore += dropped_layers(num_layers, config.num_hidden_layers, "layers.{i}.*")
     if num_layers is not None:
-        if not 1 <= num_layers <= config.num_hidden_layers:
-            raise ValueError(f"num_layers={num_layers}: the checkpoint has {config.num_hidden_layers} layers")
-        ignore += [f"layers.{i}.*" for i in range(num_layers, config.num_hidden_layers)]
         config = config.truncated(num_layers)
-    abstract = nnx.eval_shape(lambda: LlamaForCausalLM(config, dtype=dtype, param_dtype=param_dtype, remat=remat,
-                                                         rngs=nnx.Rngs(0)))
-    graphdef, state = nnx.split(abstract)
-    params, axes = load_params(
-        checkpoint,
-        llama_weights.RULES,
-        nnx.to_pure_dict(state),
-        num_layers=config.num_hidden_layers,
-        mesh=mesh,
-        dtype=param_dtype,
-        prefixes=llama_weights.PREFIXES,
-        ignore=ignore,
-    )
+    graphdef, state, params, axes = load_module(
+        lambda: LlamaForCausalLM(config, dtype=dtype, param_dtype=param_dtype, remat=remat, rngs=nnx.Rngs(0)),
+        checkpoint, llama_weights.RULES, num_layers=config.num_hidden_layers, mesh=mesh, dtype=param_dtype,
+        prefixes=llama_weights.PREFIXES, ignore=ignore)
     if isinstance(checkpoint, GGUFCheckpoint):
         checkpoint.clear_cache()
     tokenizer = load_decoder_tokenizer(path, config.vocab_size, checkpoint if isinstance(checkpoint, GGUFCheckpoint) else None)

@@ -23,7 +23,7 @@ from jaxalign.models.bert import weights as bert_weights
 from jaxalign.models.bert.config import SUPPORTED_MODEL_TYPES, BertConfig, UnsupportedModelError
 from jaxalign.models.bert.model import BertEncoder, EncoderOutput
 from jaxalign.ops.pooling import PoolingConfig
-from jaxalign.weights.loader import load_params
+from jaxalign.weights.loader import bind, dropped_layers, load_module
 from jaxalign.weights.safetensors_io import CheckpointError, SafetensorsCheckpoint
 
 log = logging.getLogger(__name__)
@@ -122,9 +122,7 @@ class Encoder:
         output_hidden_states: bool = False,
     ) -> EncoderOutput:
         """Runs the encoder; dropout is on exactly when ``dropout_rng`` is given."""
-        state = jax.tree.map(lambda x: x, self.state)
-        nnx.replace_by_pure_dict(state, params)
-        model = nnx.merge(self.graphdef, state)
+        model = bind(self.graphdef, self.state, params)
         rngs = nnx.Rngs(dropout=dropout_rng) if dropout_rng is not None else None
         return model(
             input_ids,
@@ -161,23 +159,13 @@ def load_encoder(
     has_pooler = any(k.endswith(bert_weights.POOLER_TENSOR) for k in checkpoint.keys())
     config = BertConfig.from_hf(hf, with_pooler=has_pooler, source=str(path / "config.json"))
     ignore = list(bert_weights.IGNORE)
+    ignore += dropped_layers(num_layers, config.num_hidden_layers, "encoder.layer.{i}.*")
     if num_layers is not None:
-        if not 1 <= num_layers <= config.num_hidden_layers:
-            raise ValueError(f"num_layers={num_layers}: the checkpoint has {config.num_hidden_layers} layers")
-        ignore += [f"encoder.layer.{i}.*" for i in range(num_layers, config.num_hidden_layers)]
         config = dataclasses.replace(config, num_hidden_layers=num_layers)
-    abstract_model = nnx.eval_shape(lambda: BertEncoder(config, dtype=dtype, rngs=nnx.Rngs(0)))
-    graphdef, state = nnx.split(abstract_model)
-    params, axes = load_params(
-        checkpoint,
-        bert_weights.RULES,
-        nnx.to_pure_dict(state),
-        num_layers=config.num_hidden_layers,
-        mesh=mesh,
-        dtype=param_dtype,
-        prefixes=bert_weights.PREFIXES,
-        ignore=ignore,
-    )
+    graphdef, state, params, axes = load_module(
+        lambda: BertEncoder(config, dtype=dtype, rngs=nnx.Rngs(0)), checkpoint, bert_weights.RULES,
+        num_layers=config.num_hidden_layers, mesh=mesh, dtype=param_dtype, prefixes=bert_weights.PREFIXES,
+        ignore=ignore)
     pooling, st_max_len = sentence_transformers_defaults(path)
     max_length = min(st_max_len or config.max_position_embeddings, config.max_position_embeddings - config.position_offset)
     return Encoder(

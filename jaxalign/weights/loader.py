@@ -9,6 +9,10 @@ logical axes (which :mod:`jaxalign.sharding.rules` turns into a sharding). The g
   reporting *all* problems in one error,
 * builds each parameter with ``jax.make_array_from_callback``, so each device reads only
   its own slice from the memory-mapped file (no full host copy per device).
+
+:func:`load_module` wraps it for a Flax NNX model (built abstractly, never with real
+arrays), :func:`dropped_layers` turns a layer truncation into ``ignore`` patterns, and
+:func:`bind` rebuilds the module from a parameter dict inside traced functions.
 """
 
 from __future__ import annotations
@@ -16,11 +20,12 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 from jax.sharding import Mesh, SingleDeviceSharding
 
 from jaxalign.sharding.rules import named_sharding
@@ -162,3 +167,41 @@ def load_params(
         axes[path] = rule.axes
     return unflatten(params, abstract), unflatten(axes, abstract)
 
+
+
+def dropped_layers(num_layers: int | None, total: int, pattern: str) -> list[str]:
+    """``ignore`` patterns (``pattern`` with ``{i}``) for the checkpoint's layers past the first
+    ``num_layers`` of ``total`` (``None``: keep them all), so their tensors are never read."""
+    if num_layers is None:
+        return []
+    if not 1 <= num_layers <= total:
+        raise ValueError(f"num_layers={num_layers}: the checkpoint has {total} layers")
+    return [pattern.format(i=i) for i in range(num_layers, total)]
+
+
+def load_module(
+    make: Callable[[], nnx.Module],
+    checkpoint,
+    rules: Sequence[ParamRule],
+    *,
+    num_layers: int,
+    mesh: Mesh | None = None,
+    dtype=jnp.float32,
+    prefixes: Sequence[str] = (),
+    ignore: Sequence[str] = (),
+) -> tuple[Any, Any, dict, dict]:
+    """``(graphdef, state, params, axes)``: the module ``make`` builds, traced abstractly (no
+    arrays are allocated), its abstract state as the template for :func:`bind`, and its
+    parameters loaded from ``checkpoint`` by :func:`load_params`."""
+    graphdef, state = nnx.split(nnx.eval_shape(make))
+    params, axes = load_params(checkpoint, rules, nnx.to_pure_dict(state), num_layers=num_layers, mesh=mesh,
+                               dtype=dtype, prefixes=prefixes, ignore=ignore)
+    return graphdef, state, params, axes
+
+
+def bind(graphdef, state, params: Mapping) -> nnx.Module:
+    """The module of ``graphdef`` holding ``params`` (a nested dict shaped like ``state``'s
+    pure dict): how pure functions of the parameters call the model."""
+    state = jax.tree.map(lambda x: x, state)  # a fresh template: replace_by_pure_dict fills it in place
+    nnx.replace_by_pure_dict(state, params)
+    return nnx.merge(graphdef, state)
