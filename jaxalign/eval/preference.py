@@ -15,6 +15,7 @@ chunked log-probs, one compile per length bucket.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -79,8 +80,6 @@ def evaluate_preference(
             overrides.append(f"{key}={value}")
     cfg = load_recipe(TrainConfig, None, overrides)  # validates every setting before loading
     if chat_template is not None:  # free text (a Jinja template) does not survive key=value parsing
-        import dataclasses
-
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, chat_template=chat_template))
     mesh = resolve_axis_sizes(MeshConfig(*mesh), jax.device_count()) if -1 in mesh else mesh
     devices = jax.devices()[: int(np.prod(mesh))]
