@@ -23,6 +23,9 @@ from jaxalign.losses.preference import (
     cpo_loss,
     d2o_loss,
     dckd_loss,
+    forward_kl_terms,
+    ld_logps,
+    wpo_weights,
     dpo_loss,
     f_divergence_score,
     kto_loss,
@@ -467,7 +470,7 @@ def np_d2o(d, beta=0.1, alpha=0.1):
 
 
 def dckd_inputs(seed, b=3, t=5, v=11, k=4):
-    """Student log-softmax and teacher softmax, both gathered at the teacher's top-k ids."""
+    """Student and teacher log-softmax, both gathered at the teacher's top-k ids."""
     rng = np.random.default_rng(seed)
     d = {}
     for side in ("w", "l"):
@@ -475,7 +478,7 @@ def dckd_inputs(seed, b=3, t=5, v=11, k=4):
         teacher = np.exp(log_softmax_np(2 * rng.normal(size=(b, t, v))))
         top = np.argsort(-teacher, axis=-1)[..., :k]
         d["s" + side] = np.take_along_axis(student, top, -1)
-        d["t" + side] = np.take_along_axis(teacher, top, -1)
+        d["t" + side] = np.log(np.take_along_axis(teacher, top, -1))
         d["m" + side] = (rng.uniform(size=(b, t)) < 0.7).astype(np.float64)
     d["tok"] = log_softmax_np(rng.normal(size=(b, t, v)))[..., 0]
     return d
@@ -490,7 +493,7 @@ def np_dckd(d, sft_weight=1.0, distill_weight=1.0, chosen_weight=1.0, rejected_w
     """The batch loss (a scalar): token means of NLL and of KL(p_T ‖ p_θ) over top-k."""
     kls = []
     for side in ("w", "l"):
-        s, p, mask = d["s" + side], d["t" + side], d["m" + side]
+        s, p, mask = d["s" + side], np.exp(d["t" + side]), d["m" + side]
         if renormalize:
             p = p / p.sum(-1, keepdims=True)
             s = s - np.log(np.exp(s).sum(-1, keepdims=True))
@@ -629,9 +632,25 @@ def test_dckd(x64):
     kl_only = dckd(*args, sft_weight=0.0, renormalize=True)
     assert float(jnp.mean(kl_only)) >= 0.0
     # a student equal to the renormalised teacher has zero KL: the loss is the NLL alone
-    p = d["tw"] / d["tw"].sum(-1, keepdims=True)
-    got = dckd(np.log(p), p, d["mw"], np.log(p), p, d["mw"], d["tok"], renormalize=True)
+    p = np.log(np.exp(d["tw"]) / np.exp(d["tw"]).sum(-1, keepdims=True))
+    got = dckd(p, p, d["mw"], p, p, d["mw"], d["tok"], renormalize=True)
     assert float(jnp.mean(got)) == pytest.approx(np_token_mean(-d["tok"], d["mw"]), rel=1e-12)
+
+
+def test_forward_kl_over_the_vocabulary(x64):
+    """Over every id the terms are KL(p_T ‖ p_θ); a teacher probability of exactly 0 adds 0
+    (0 log 0) and no NaN to the student's gradient."""
+    rng = np.random.default_rng(9)
+    student = log_softmax_np(rng.normal(size=(2, 3, 7)))
+    teacher = log_softmax_np(rng.normal(size=(2, 3, 7)))
+    teacher[0, 0, 2] = -np.inf
+    p = np.exp(teacher)
+    with np.errstate(invalid="ignore"):
+        want = np.sum(np.where(p > 0, p * (teacher - student), 0.0), -1)
+    np.testing.assert_allclose(np.asarray(forward_kl_terms(student, teacher)), want, rtol=1e-12)
+    assert np.all(want >= 0)
+    g = jax.grad(lambda s: jnp.sum(forward_kl_terms(s, teacher)))(student)
+    np.testing.assert_allclose(np.asarray(g), -p, rtol=1e-12)
 
 
 def test_adpa(x64):
@@ -646,6 +665,45 @@ def test_adpa(x64):
     # the advantages are constants: the gradient only flows into the student
     g = jax.jit(jax.grad(lambda a: jnp.sum(adpa_loss(logps, a, mask))))(adv)
     assert float(jnp.max(jnp.abs(g))) == 0.0
+
+
+def per_token_pairs(seed, b=4, t=9):
+    """[b, 2, t] per-token log-probs (0 off the completion) and completion masks that start
+    after a prompt and end before padding; one pair of equal lengths."""
+    rng = np.random.default_rng(seed)
+    mask = np.zeros((b, 2, t))
+    for i in range(b):
+        for c in range(2):
+            start = int(rng.integers(1, 3))
+            n = 4 if i == 0 else int(rng.integers(1, t - start + 1))
+            mask[i, c, start:start + n] = 1
+    return rng.normal(-2.0, 1.0, size=(b, 2, t)) * mask, mask, rng.normal(-1.5, 0.3, size=(b, 2, t))
+
+
+def test_ld_logps_follows_trl(x64):
+    """TRL's ld_alpha: the first min(|y_w|, |y_l|) completion tokens count fully, the longer
+    completion's tail with weight α."""
+    logps, mask, _ = per_token_pairs(10)
+    for alpha in (0.0, 0.3, 1.0):
+        got = np.asarray(jax.jit(ld_logps, static_argnums=2)(logps, mask, alpha))
+        for i in range(logps.shape[0]):
+            shared = int(min(mask[i, 0].sum(), mask[i, 1].sum()))
+            for c in range(2):
+                tokens = [logps[i, c, j] for j in range(logps.shape[2]) if mask[i, c, j]]
+                want = sum(tokens[:shared]) + alpha * sum(tokens[shared:])
+                assert got[i, c] == pytest.approx(want, rel=1e-12, abs=1e-12)
+    np.testing.assert_allclose(np.asarray(ld_logps(logps, mask, 1.0)), logps.sum(-1), rtol=1e-12)
+
+
+def test_wpo_weights_follow_trl(x64):
+    logps, mask, lss = per_token_pairs(11)
+    got = np.asarray(jax.jit(wpo_weights)(logps, lss, mask))
+    for i in range(logps.shape[0]):
+        w = [math.exp(sum((logps[i, c, j] - lss[i, c, j]) * mask[i, c, j] for j in range(logps.shape[2]))
+                      / max(mask[i, c].sum(), 1)) for c in range(2)]
+        assert got[i] == pytest.approx(w[0] * w[1], rel=1e-12)
+    g = jax.grad(lambda x: jnp.sum(wpo_weights(x, lss, mask)))(logps)
+    assert float(jnp.max(jnp.abs(g))) == 0.0  # a weight, not a gradient path
 
 
 # ---------------------------------------------------------------- registry and validation

@@ -53,8 +53,9 @@ Differences between TRL 1.16's code and REFERENCE.md, and which this module foll
 * ``discopop``: TRL computes ``m · exp(-z)``, which is ``0 · inf = NaN`` once ``z`` is very
   negative; here the same value is ``exp(log σ(z/τ) - z)``, finite everywhere.
 * WPO weighting (``use_weighting``) and LD-DPO (``ld_alpha``) act on per-token log-probs, before
-  the sum, so they belong to whoever computes ``c_w, c_l``, not to these functions; TR-DPO
-  reference syncing is a training-loop concern.
+  the sum: :func:`wpo_weights` and :func:`ld_logps` take those, and ``dpo_loss`` the results
+  (WPO: multiply its output by the weights; LD-DPO: pass the ``ld_logps`` sums as ``c`` and
+  ``r``). TR-DPO reference syncing is a training-loop concern (``objective.sync_ref_model``).
 """
 
 from __future__ import annotations
@@ -78,15 +79,21 @@ __all__ = [
     "cpo_loss",
     "d2o_loss",
     "dckd_loss",
+    "dckd_combine",
     "dpo_loss",
+    "expected_advantage",
     "f_divergence_score",
+    "forward_kl_terms",
     "kto_loss",
+    "ld_logps",
     "log1mexp",
     "orpo_loss",
     "poft_loss",
     "preference_metrics",
     "simpo_loss",
+    "token_mean_contributions",
     "validate_loss_options",
+    "wpo_weights",
 ]
 
 _LOG2 = math.log(2.0)
@@ -546,6 +553,52 @@ def dpo_loss(
     return total
 
 
+def ld_logps(per_token_logps: Any, mask: Any, ld_alpha: float) -> jax.Array:
+    """LD-DPO's length-desensitised sequence log-probs (TRL's ``ld_alpha``).
+
+    Each pair's first ``ℓ = min(|y_w|, |y_l|)`` completion tokens count fully and the rest
+    (the longer completion's verbose tail) with weight ``α``: ``Σ_{i ≤ ℓ} log p_i + α Σ_{i > ℓ} log p_i``.
+    Applied alike to the policy's and the reference's per-token log-probs.
+
+    Args:
+      per_token_logps: ``[batch, 2, seq]`` per-token log-probs of (chosen, rejected), 0 off the completion.
+      mask: ``[batch, 2, seq]`` 1 at the completion positions.
+      ld_alpha: α in [0, 1] (1: plain sums; TRL's recipes use 0.5 or less).
+
+    Returns:
+      ``[batch, 2]`` summed log-probs.
+    """
+    dtype = _float_dtype(per_token_logps)
+    logps, m = _cast(dtype, per_token_logps, mask)
+    position = jnp.cumsum(m, axis=-1)  # 1-based index within the completion
+    shared = jnp.min(jnp.sum(m, axis=-1), axis=-1)[:, None, None]
+    head = jnp.sum(logps * m * (position <= shared), axis=-1)
+    tail = jnp.sum(logps * m * (position > shared), axis=-1)
+    return head + ld_alpha * tail
+
+
+def wpo_weights(per_token_logps: Any, log_sum_sq_probs: Any, mask: Any) -> jax.Array:
+    """WPO's per-pair weights (TRL's ``use_weighting``, eq. 2 of the WPO paper), no gradient.
+
+    Per sequence ``w = exp(mean_t(log p_t - log Σ_v p_v²))`` over its completion tokens
+    (lengths clamped at 1); the pair's weight is ``w_chosen · w_rejected``, multiplying every
+    loss type's per-pair loss.
+
+    Args:
+      per_token_logps: ``[batch, 2, seq]`` per-token log-probs of (chosen, rejected).
+      log_sum_sq_probs: ``[batch, 2, seq]`` ``log Σ_v p_v²`` at the same positions.
+      mask: ``[batch, 2, seq]`` 1 at the completion positions.
+
+    Returns:
+      ``[batch]`` weights.
+    """
+    dtype = _float_dtype(per_token_logps, log_sum_sq_probs)
+    logps, lss, m = _cast(dtype, per_token_logps, log_sum_sq_probs, mask)
+    mean = jnp.sum((logps - lss) * m, axis=-1) / jnp.maximum(jnp.sum(m, axis=-1), 1)
+    w = jnp.exp(jax.lax.stop_gradient(mean))
+    return w[:, 0] * w[:, 1]
+
+
 def preference_metrics(
     policy_chosen_logps: Any,
     policy_rejected_logps: Any,
@@ -838,7 +891,7 @@ def d2o_loss(
 # ---------------------------------------------------------------------------------------- token-level
 
 
-def _token_mean_contributions(per_token: jax.Array, mask: jax.Array) -> jax.Array:
+def token_mean_contributions(per_token: jax.Array, mask: jax.Array) -> jax.Array:
     """``[batch, seq] -> [batch]`` whose batch mean is the mean of ``per_token`` over masked tokens.
 
     Example ``b`` contributes ``B · Σ_t m_bt x_bt / max(N, 1)`` with ``N = Σ m`` over the whole
@@ -848,22 +901,44 @@ def _token_mean_contributions(per_token: jax.Array, mask: jax.Array) -> jax.Arra
     return per_token.shape[0] * jnp.sum(per_token * mask, axis=-1) / total
 
 
-def _topk_forward_kl(student_logps: jax.Array, teacher_probs: jax.Array, renormalize: bool) -> jax.Array:
-    """``[batch, seq, k] -> [batch, seq]``: ``Σ_k p_T (log p_T - log p_θ)`` over the top-k ids."""
+def forward_kl_terms(student_logps: jax.Array, teacher_logps: jax.Array, renormalize: bool = False) -> jax.Array:
+    """``[..., k] -> [...]``: ``Σ_k p_T (log p_T - log p_θ)`` at each position (``0 log 0 = 0``).
+
+    Over the whole vocabulary this is ``KL(p_T ‖ p_θ)``. Over the teacher's top-k ids, the
+    log-probs as given (``renormalize=False``) are full-vocabulary ones at those ids: the
+    gradient is that of the cross-entropy to the teacher's top-k mass. ``renormalize=True``
+    renormalises both over the k ids: the exact KL of the two restricted distributions (>= 0).
+    """
     if renormalize:
-        teacher_probs = teacher_probs / jnp.maximum(jnp.sum(teacher_probs, axis=-1, keepdims=True),
-                                                    jnp.finfo(teacher_probs.dtype).tiny)
+        teacher_logps = jax.nn.log_softmax(teacher_logps, axis=-1)
         student_logps = jax.nn.log_softmax(student_logps, axis=-1)
-    entropy_term = jnp.sum(jax.scipy.special.xlogy(teacher_probs, teacher_probs), axis=-1)
-    return entropy_term - jnp.sum(teacher_probs * student_logps, axis=-1)
+    teacher_probs = jnp.exp(teacher_logps)
+    return jnp.sum(jnp.where(teacher_probs > 0, teacher_probs * (teacher_logps - student_logps), 0.0), axis=-1)
+
+
+def dckd_combine(chosen_kl: Any, chosen_mask: Any, rejected_kl: Any, rejected_mask: Any, chosen_token_logps: Any, *,
+                 sft_weight: float = 1.0, distill_weight: float = 1.0, chosen_weight: float = 1.0,
+                 rejected_weight: float = 1.0) -> jax.Array:
+    """DCKD from per-position terms: ``w_sft · NLL(y_w) + w_dist · [w_c · KL_w + w_r · KL_l]``.
+
+    ``chosen_kl``/``rejected_kl`` are :func:`forward_kl_terms` per position ``[batch, seq]``;
+    each of NLL, ``KL_w`` and ``KL_l`` is a mean per completion token over the batch (see
+    :func:`token_mean_contributions`). Returns ``[batch]`` contributions whose mean is the loss.
+    """
+    validate_loss_options("dckd", 1.0, {"sft_weight": sft_weight, "distill_weight": distill_weight,
+                                        "chosen_weight": chosen_weight, "rejected_weight": rejected_weight})
+    kl_w = token_mean_contributions(chosen_kl, chosen_mask)
+    kl_l = token_mean_contributions(rejected_kl, rejected_mask)
+    nll = token_mean_contributions(-chosen_token_logps, chosen_mask)
+    return sft_weight * nll + distill_weight * (chosen_weight * kl_w + rejected_weight * kl_l)
 
 
 def dckd_loss(
     student_chosen_topk_logps: Any,
-    teacher_chosen_topk_probs: Any,
+    teacher_chosen_topk_logps: Any,
     chosen_mask: Any,
     student_rejected_topk_logps: Any,
-    teacher_rejected_topk_probs: Any,
+    teacher_rejected_topk_logps: Any,
     rejected_mask: Any,
     student_chosen_token_logps: Any,
     *,
@@ -876,56 +951,54 @@ def dckd_loss(
     """DCKD: SFT on the chosen completion plus forward KL to an aligned teacher on both completions.
 
     ``w_sft · NLL(y_w) + w_dist · [w_c · KL_w + w_r · KL_l]`` with, at each completion position,
-    ``KL(p_T ‖ p_θ) = Σ_{v ∈ top-k} p_T(v) (log p_T(v) - log p_θ(v))`` over the teacher's top-k
-    ids (``0 log 0 = 0``). Normalisation: each of NLL, ``KL_w`` and ``KL_l`` is a mean per
-    completion token over the batch (the sum over masked tokens divided by the batch's token count
-    of that completion). Example ``b`` gets its share, ``B · Σ_t m_bt x_bt / N``, so the mean of
-    the returned vector is exactly the token-mean loss.
-
-    With ``renormalize=False`` (default) the teacher's top-k probabilities are used as given and
-    the student's log-probs are its full-vocabulary ones at those ids: the gradient is that of the
-    cross-entropy to the teacher's top-k mass, and the value approaches the full KL as the top-k
-    mass approaches 1. ``renormalize=True`` renormalises both over the k ids, the exact KL of the
-    two distributions restricted to the teacher's top-k (always >= 0).
+    ``KL(p_T ‖ p_θ) = Σ_v p_T(v) (log p_T(v) - log p_θ(v))`` over the vocabulary, or over the
+    teacher's top-k ids (:func:`forward_kl_terms`). Each of NLL, ``KL_w`` and ``KL_l`` is a mean
+    per completion token over the batch; example ``b`` gets its share, ``B · Σ_t m_bt x_bt / N``,
+    so the mean of the returned vector is exactly the token-mean loss. Training computes the
+    same per position, chunk by chunk (:mod:`jaxalign.tasks.teacher`), and combines with
+    :func:`dckd_combine`.
 
     Args:
       student_chosen_topk_logps: ``[batch, seq, k]`` student log-probs (log-softmax over the
-        vocabulary) gathered at the teacher's top-k ids, chosen completion.
-      teacher_chosen_topk_probs: ``[batch, seq, k]`` the teacher's top-k probabilities (no gradient).
+        vocabulary) at the teacher's top-k ids (k = vocabulary: all of them), chosen completion.
+      teacher_chosen_topk_logps: ``[batch, seq, k]`` the teacher's log-probs there (no gradient).
       chosen_mask: ``[batch, seq]`` 1 on chosen completion tokens, 0 on prompt and padding.
       student_rejected_topk_logps: ``[batch, seq', k]`` likewise for the rejected completion.
-      teacher_rejected_topk_probs: ``[batch, seq', k]``.
+      teacher_rejected_topk_logps: ``[batch, seq', k]``.
       rejected_mask: ``[batch, seq']``.
       student_chosen_token_logps: ``[batch, seq]`` student log-probs of the chosen tokens themselves.
       sft_weight, distill_weight, chosen_weight, rejected_weight: ``w_sft, w_dist, w_c, w_r``
         (REFERENCE gives no defaults; 1.0 each here).
-      renormalize: static; see above.
+      renormalize: static; see :func:`forward_kl_terms`.
 
     Returns:
       ``[batch]`` per-example contributions (their mean is the loss).
     """
-    validate_loss_options("dckd", 1.0, {"sft_weight": sft_weight, "distill_weight": distill_weight,
-                                        "chosen_weight": chosen_weight, "rejected_weight": rejected_weight})
-    dtype = _float_dtype(student_chosen_topk_logps, teacher_chosen_topk_probs, student_rejected_topk_logps,
-                         teacher_rejected_topk_probs, student_chosen_token_logps)
+    dtype = _float_dtype(student_chosen_topk_logps, teacher_chosen_topk_logps, student_rejected_topk_logps,
+                         teacher_rejected_topk_logps, student_chosen_token_logps)
     sw, tw, mw, sl, tl, ml, tok = _cast(
-        dtype, student_chosen_topk_logps, teacher_chosen_topk_probs, chosen_mask, student_rejected_topk_logps,
-        teacher_rejected_topk_probs, rejected_mask, student_chosen_token_logps,
+        dtype, student_chosen_topk_logps, teacher_chosen_topk_logps, chosen_mask, student_rejected_topk_logps,
+        teacher_rejected_topk_logps, rejected_mask, student_chosen_token_logps,
     )
     tw, tl = jax.lax.stop_gradient(tw), jax.lax.stop_gradient(tl)
-    kl_w = _token_mean_contributions(_topk_forward_kl(sw, tw, renormalize), mw)
-    kl_l = _token_mean_contributions(_topk_forward_kl(sl, tl, renormalize), ml)
-    nll = _token_mean_contributions(-tok, mw)
-    return sft_weight * nll + distill_weight * (chosen_weight * kl_w + rejected_weight * kl_l)
+    return dckd_combine(forward_kl_terms(sw, tw, renormalize), mw, forward_kl_terms(sl, tl, renormalize), ml, tok,
+                        sft_weight=sft_weight, distill_weight=distill_weight, chosen_weight=chosen_weight,
+                        rejected_weight=rejected_weight)
+
+
+def expected_advantage(student_logps: jax.Array, advantages: jax.Array) -> jax.Array:
+    """``[..., V] -> [...]``: ``Σ_v π_θ(v|s_t) A(s_t, v)``, gradient through ``π_θ`` only."""
+    return jnp.sum(jnp.exp(student_logps) * jax.lax.stop_gradient(advantages), axis=-1)
 
 
 def adpa_loss(student_logps: Any, advantages: Any, mask: Any) -> jax.Array:
     """ADPA: ``-(1/N_tok) Σ_t Σ_v π_θ(v|s_t) A(s_t, v)``, advantage-weighted student probabilities.
 
     ``A(s_t, v) = log π_teacher-dpo(v|s_t) - log π_teacher-ref(v|s_t)`` on student-generated
-    responses (computed by the caller; no gradient). ``N_tok`` counts the masked tokens of the
-    whole batch; example ``b`` gets its share ``-B · Σ_t m_bt Σ_v π_θ A / N_tok``, so the mean of
-    the returned vector is exactly the formula.
+    responses (no gradient). ``N_tok`` counts the masked tokens of the whole batch; example
+    ``b`` gets its share ``-B · Σ_t m_bt Σ_v π_θ A / N_tok``, so the mean of the returned vector
+    is exactly the formula. Training computes :func:`expected_advantage` chunk by chunk
+    (:mod:`jaxalign.tasks.teacher`) and takes the same token mean.
 
     Args:
       student_logps: ``[batch, seq, vocab]`` student log-probs (log-softmax over the vocabulary),
@@ -939,5 +1012,4 @@ def adpa_loss(student_logps: Any, advantages: Any, mask: Any) -> jax.Array:
     """
     dtype = _float_dtype(student_logps, advantages)
     logps, adv, m = _cast(dtype, student_logps, advantages, mask)
-    expected = jnp.sum(jnp.exp(logps) * jax.lax.stop_gradient(adv), axis=-1)
-    return _token_mean_contributions(-expected, m)
+    return token_mean_contributions(-expected_advantage(logps, adv), m)

@@ -11,36 +11,60 @@ backward pass also holds one chunk of logits at a time.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import jax
 import jax.numpy as jnp
 
 
-def token_logps(hidden: jax.Array, unembed: jax.Array, targets: jax.Array, *, chunk: int = 64) -> jax.Array:
-    """``log softmax(hidden @ unembed)[..., targets]`` per position, chunk by chunk.
+def lm_logits(hidden: jax.Array, unembed: jax.Array) -> jax.Array:
+    """``[N, c, H] @ [H, V] -> [N, c, V]`` logits, accumulated in float32."""
+    return jnp.einsum("nch,hv->ncv", hidden, unembed.astype(hidden.dtype), preferred_element_type=jnp.float32)
 
-    hidden: [N, T, H] final-normed hidden states; unembed: [H, V]; targets: [N, T] token ids
-    (the token each position predicts). Returns float32 [N, T]. ``T`` need not divide by
-    ``chunk``: the last chunk is padded and its extra positions dropped.
+
+def map_chunks(fn: Callable, arrays: Sequence[jax.Array], *, chunk: int):
+    """``fn`` over chunks of ``chunk`` positions of ``[N, T, ...]`` arrays, one chunk at a time.
+
+    ``fn(*chunks)`` takes each array's ``[N, chunk, ...]`` slice and returns a pytree of
+    ``[N, chunk, ...]`` arrays; the result is that pytree with ``[N, T, ...]`` leaves. ``fn``
+    is rematerialised, so neither pass holds more than one chunk of whatever it makes inside
+    (the logits). ``T`` need not divide by ``chunk``: the last chunk is padded and its extra
+    positions dropped.
     """
-    n, t, h = hidden.shape
+    n, t = arrays[0].shape[:2]
     chunk = min(chunk, t)
     num = -(-t // chunk)
     pad = num * chunk - t
-    if pad:
-        hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
-        targets = jnp.pad(targets, ((0, 0), (0, pad)))
-    # [num, N, chunk, ...]: scan over chunks, rows stay the (sharded) leading axis of each.
-    hs = hidden.reshape(n, num, chunk, h).swapaxes(0, 1)
-    ts = targets.reshape(n, num, chunk).swapaxes(0, 1)
 
-    @jax.checkpoint
-    def one(h_c, t_c):
-        logits = jnp.einsum("nch,hv->ncv", h_c, unembed.astype(h_c.dtype), preferred_element_type=jnp.float32)
-        picked = jnp.take_along_axis(logits, t_c[..., None], axis=-1)[..., 0]
-        return picked - jax.nn.logsumexp(logits, axis=-1)
+    def split(x):
+        if pad:
+            x = jnp.pad(x, ((0, 0), (0, pad)) + ((0, 0),) * (x.ndim - 2))
+        # [num, N, chunk, ...]: scan over chunks, rows stay the (sharded) leading axis of each.
+        return x.reshape(n, num, chunk, *x.shape[2:]).swapaxes(0, 1)
 
-    _, out = jax.lax.scan(lambda carry, x: (carry, one(*x)), None, (hs, ts))
-    return out.swapaxes(0, 1).reshape(n, num * chunk)[:, :t]
+    one = jax.checkpoint(fn)
+    _, out = jax.lax.scan(lambda carry, xs: (carry, one(*xs)), None, tuple(split(x) for x in arrays))
+    return jax.tree.map(lambda o: o.swapaxes(0, 1).reshape(n, num * chunk, *o.shape[3:])[:, :t], out)
+
+
+def token_logps(hidden: jax.Array, unembed: jax.Array, targets: jax.Array, *, chunk: int = 64,
+                log_sum_sq: bool = False):
+    """``log softmax(hidden @ unembed)[..., targets]`` per position, chunk by chunk.
+
+    hidden: [N, T, H] final-normed hidden states; unembed: [H, V]; targets: [N, T] token ids
+    (the token each position predicts). Returns float32 [N, T]; with ``log_sum_sq`` also
+    ``log Σ_v p_v²`` per position [N, T] (WPO's weight correction; no gradient).
+    """
+
+    def one(h, t):
+        logits = lm_logits(h, unembed)
+        lse = jax.nn.logsumexp(logits, axis=-1)
+        picked = jnp.take_along_axis(logits, t[..., None], axis=-1)[..., 0] - lse
+        if not log_sum_sq:
+            return picked
+        return picked, jax.lax.stop_gradient(jax.nn.logsumexp(2 * (logits - lse[..., None]), axis=-1))
+
+    return map_chunks(one, (hidden, targets), chunk=chunk)
 
 
 def completion_logps(hidden: jax.Array, unembed: jax.Array, input_ids: jax.Array, loss_mask: jax.Array, *,
