@@ -22,18 +22,20 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-RECIPES = ["dpo_small", "ipo_small", "simpo_small", "orpo_small", "kto_small", "asft_small", "d2o_small"]
+# dpo_small exports the aligned teacher that dckd_small and adpa_small distil.
+RECIPES = ["dpo_small", "ipo_small", "simpo_small", "orpo_small", "kto_small", "asft_small", "d2o_small", "poft_small",
+           "dckd_small", "adpa_small"]
 COLUMNS = [("eval/accuracy/length_normalised", "acc/token"), ("eval/accuracy/logps", "acc/sum"),
            ("eval/rewards/accuracies", "reward acc"), ("eval/rewards/margins", "margin")]
 
 
 def self_samples(cfg, source: str) -> None:
-    """D2O's samples: the recipe's own model continues the first 96 HH-RLHF prompts (the
-    command in ``d2o_small.yaml``'s header)."""
+    """D2O's samples, ADPA's student responses: the recipe's own model continues the first 96
+    HH-RLHF prompts (the command in ``d2o_small.yaml``'s and ``adpa_small.yaml``'s headers)."""
     from jaxalign.inference.self_samples import write_self_samples
     from jaxalign.models.decoders import load_decoder
 
-    write_self_samples(load_decoder(cfg.model.name), source, cfg.data.path, num_samples=cfg.data.num_samples,
+    write_self_samples(load_decoder(cfg.model.name), source, cfg.data.path, num_samples=cfg.data.num_samples or 1,
                        max_new_tokens=48, max_examples=96, max_prompt_length=cfg.data.max_prompt_length,
                        chat_template=cfg.data.chat_template)
 
@@ -73,7 +75,7 @@ def run(name: str, args, out_dir: Path) -> None:
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=local(cfg.data.path)),
                               eval=dataclasses.replace(cfg.eval, data=local(cfg.eval.data)))
     start = time.perf_counter()
-    if cfg.data.kind == "negatives" and not Path(cfg.data.path).exists():
+    if cfg.data.kind in ("negatives", "sft") and not Path(cfg.data.path).exists():
         self_samples(cfg, local("../shared/data/hh-rlhf/helpful-base/test.jsonl.gz"))
     summary = train(cfg)
     minutes = (time.perf_counter() - start) / 60

@@ -33,9 +33,12 @@ def test_completion_logps_counts_completion_tokens_only():
     unembed = jax.random.normal(k[1], (4, 11))
     ids = jax.random.randint(k[2], (2, 6), 0, 11)
     mask = jnp.array([[0, 0, 1, 1, 1, 0], [0, 1, 1, 0, 0, 0]])
-    summed, lengths, per_token = completion_logps(hidden, unembed, ids, mask, chunk=4)
+    out = completion_logps(hidden, unembed, ids, mask, chunk=4, log_sum_sq=True)
     full = np.asarray(direct(hidden[:, :-1], unembed, ids[:, 1:]))
     # token t is predicted at position t-1
-    np.testing.assert_allclose(summed, [full[0, 1:4].sum(), full[1, 0:2].sum()], rtol=1e-5)
-    np.testing.assert_array_equal(lengths, [3, 2])
-    assert per_token.shape == (2, 5) and float(per_token[0, 0]) == 0.0
+    np.testing.assert_allclose(out.summed, [full[0, 1:4].sum(), full[1, 0:2].sum()], rtol=1e-5)
+    np.testing.assert_array_equal(out.lengths, [3, 2])
+    assert out.per_token.shape == (2, 5) and float(out.per_token[0, 0]) == 0.0
+    # WPO's log Σ_v p_v² at every position
+    p = np.asarray(jax.nn.softmax(hidden[:, :-1] @ unembed, axis=-1), np.float64)
+    np.testing.assert_allclose(out.log_sum_sq, np.log((p ** 2).sum(-1)), rtol=1e-5, atol=1e-6)

@@ -267,6 +267,24 @@ def test_negatives_rows(tok, tmp_path):
     assert (neg.prompt, neg.rejected, neg.samples) == ("The sky is", " green.", ())
 
 
+def test_sft_rows_in_every_format(tok, tmp_path):
+    conversation = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
+    rows = [{"prompt": "Name a fruit:", "completion": " an apple."},
+            {"messages": conversation},
+            {"prompt": "Name a day:", "rejected": " Bob.", "samples": [" Monday.", " Friday."]},
+            STANDARD[0]]
+    records = load_preference(write_jsonl(tmp_path / "sft.jsonl", rows), kind="sft")
+    assert [(r.prompt, r.completion) for r in records] == [
+        ("Name a fruit:", " an apple."), (conversation[:1], conversation[1:]),
+        ("Name a day:", " Monday."), ("Name a day:", " Friday."), ("The sky is", " blue.")]
+    text = [r for r in records if not r.conversational]
+    tp = tokenize_preference(tok, text, max_length=64)
+    assert tp.columns == ("completion",) and len(tp) == 4
+    batch = collate_preference(tp.examples, buckets=BUCKETS, max_length=64, pad_id=tp.pad_id)
+    assert batch["input_ids"].shape[:2] == (4, 1) and "label" not in batch
+    assert decode(tok, sequences(batch, 2, 0)[1]) == " Friday." + tok.eos_token
+
+
 # ----------------------------------------------------------------------------------- tokenisation
 
 
@@ -405,6 +423,9 @@ GOOD = json.dumps(STANDARD[0])
     ("samples.jsonl", '{"prompt": "p", "rejected": "r", "samples": "s"}\n', r":1: 'samples' must be a list",
      "negatives"),
     ("d2o.jsonl", '{"prompt": "p"}\n', r":1: missing 'rejected'; expected 'prompt' and 'rejected'", "negatives"),
+    ("sft.jsonl", '{"prompt": "p"}\n', r":1: missing 'completion'; expected 'prompt' and 'completion'", "sft"),
+    ("chat.jsonl", '{"messages": [{"role": "user", "content": "q"}]}\n', r":1: 'messages' must be a conversation",
+     "sft"),
     ("empty.jsonl", "\n\n", r": empty: no preference rows", "paired"),
     ("array.json", json.dumps([STANDARD[0], {"prompt": "p"}]), r": row 2: missing 'chosen' and 'rejected'", "paired"),
     ("notes.txt", "hello", r": unknown preference file type", "paired"),

@@ -121,6 +121,9 @@ OBJECTIVES = {
     "asft": ["objective.name=asft"],
     "kto": ["objective.name=kto", "data.kind=unpaired"],
     "d2o": ["objective.name=d2o", "data.kind=negatives", "data.path={negatives}", "objective.options.alpha=0.1"],
+    "wpo": ["objective.use_weighting=true"],
+    "ld-dpo": ["objective.ld_alpha=0.5"],
+    "tr-dpo": ["objective.sync_ref_model=true", "objective.ref_model_sync_steps=1"],
 }
 
 
@@ -142,6 +145,66 @@ def test_objective_trains(name, negatives):
     summary = train(config(*overrides), progress=False)
     assert summary["skipped"] == 0
     assert all(np.isfinite(v) for v in summary["losses"].values())
+
+
+def whole_token_logps(run: Run, local: dict) -> tuple[np.ndarray, np.ndarray]:
+    """float64 per-token log-probs ``[B, C, T-1]`` from the whole logits, and ``log Σ p²``."""
+    task = run.task
+    ids = local["input_ids"]
+    b, c, t = ids.shape
+    params = task.params["policy"]
+    hidden = task.decoder.hidden(params, ids.reshape(b * c, t), local["attention_mask"].reshape(b * c, t))
+    logits = np.asarray(hidden @ task.decoder.unembed_kernel(params), np.float64)[:, :-1].reshape(b, c, t - 1, -1)
+    logits -= logits.max(-1, keepdims=True)
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    tokens = np.take_along_axis(logp, ids[..., 1:, None], -1)[..., 0]
+    return tokens, np.log(np.exp(2 * logp).sum(-1))
+
+
+def test_wpo_weights_the_first_step(single):
+    """At step one every pair's DPO loss is ln 2, so the WPO loss is ln 2 times the mean weight,
+    each weight exp(mean(log p - log Σ p²)) of the chosen times that of the rejected."""
+    run, local, _ = single
+    wpo = Run.build(config("mesh.data=1", "objective.use_weighting=true"), devices=jax.devices()[:1])
+    loss, metrics, _ = loss_and_grads(wpo, local)
+    tokens, log_sum_sq = whole_token_logps(run, local)
+    mask = local["loss_mask"][..., 1:]
+    per_seq = np.exp(((tokens - log_sum_sq) * mask).sum(-1) / mask.sum(-1))
+    weights = per_seq[:, 0] * per_seq[:, 1]
+    assert metrics["wpo/weights"] == pytest.approx(weights.mean(), rel=1e-4)
+    assert loss == pytest.approx(math.log(2) * weights.mean(), rel=1e-4)
+
+
+def test_ld_dpo_sums(single):
+    run, local, _ = single
+    ld = Run.build(config("mesh.data=1", "objective.ld_alpha=0.25"), devices=jax.devices()[:1])
+    got, _ = jax.device_get(ld.task.sequence_logps(ld.task.params["policy"], local))
+    tokens, _ = whole_token_logps(run, local)
+    mask = local["loss_mask"][..., 1:]
+    for i in range(tokens.shape[0]):
+        shared = int(min(mask[i, 0].sum(), mask[i, 1].sum()))
+        for c in range(2):
+            kept = tokens[i, c][mask[i, c] == 1]
+            assert got[i, c] == pytest.approx(kept[:shared].sum() + 0.25 * kept[shared:].sum(), rel=1e-5)
+
+
+def test_tr_dpo_mixes_the_reference_and_resumes_it(tmp_path):
+    """After each sync ``ref = α·policy + (1-α)·ref`` (TRL's SyncRefModelCallback); the tracked
+    reference is checkpointed, so a run stopped after step 1 resumes with the synced one."""
+    sync = ["objective.sync_ref_model=true", "objective.ref_model_mixup_alpha=0.6", "objective.ref_model_sync_steps=1"]
+    initial = jax.device_get(Run.build(config("mesh.data=1"), devices=jax.devices()[:1]).task.params["policy"])
+    one = train(config("mesh.data=1", "steps=1", *sync), progress=False)["state"]
+    policy, ref = jax.device_get((one.params["policy"], one.tracked["reference"]))
+    assert_trees_close(ref, jax.tree.map(lambda p, r: 0.6 * p + 0.4 * r, policy, initial))
+    held = train(config("mesh.data=1", "steps=1", *sync[:2], "objective.ref_model_sync_steps=2"), progress=False)
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(held["state"].tracked["reference"]), initial)
+
+    straight = train(config("mesh.data=1", "steps=2", *sync), progress=False)
+    ckpt = [f"checkpoint.dir={tmp_path}", "checkpoint.async_save=false"]
+    train(config("mesh.data=1", "steps=2", *sync, *ckpt), progress=False, stop_at=1)
+    resumed = train(config("mesh.data=1", "steps=2", *sync, *ckpt), progress=False)
+    assert resumed["resumed_from"] == 1 and resumed["losses"][2] == pytest.approx(straight["losses"][2], rel=1e-6)
+    assert_trees_close(jax.device_get(resumed["state"].tracked), jax.device_get(straight["state"].tracked))
 
 
 def test_logits_are_never_materialised():
@@ -223,6 +286,11 @@ def test_remat_saves_activation_memory():
     (["objective.name=kto"], "data.kind=unpaired"),
     (["data.kind=sentences"], "does not train on data.kind=sentences"),
     (["objective.name=kto", "data.kind=unpaired", "objective.reference=precomputed"], "reference=model"),
+    (["objective.name=simpo", "objective.use_weighting=true"], "DPO-family option"),
+    (["objective.loss_type=aot", "objective.use_weighting=true"], "not defined for the aot losses"),
+    (["objective.sync_ref_model=true", "objective.reference=precomputed"], "sync_ref_model"),
+    (["objective.sync_ref_model=true", "model.lora.rank=2"], "frozen base is the reference"),
+    (["objective.ld_alpha=1.5"], "ld_alpha=1.5: must be in"),
 ])
 def test_bad_settings_fail_before_compiling(overrides, message):
     with pytest.raises((ValueError, ConfigError), match=message):

@@ -25,6 +25,11 @@ Reading (:func:`load_preference`)
       accepts paired rows and unpairs them like TRL's ``unpair_preference_dataset``.
     * negatives (D²O): ``prompt``/``rejected``, optionally ``samples`` (self-generated
       completions). ``kind="negatives"`` also accepts paired rows (their ``chosen`` unused).
+    * sft (one completion per prompt: PoFT's targets, ADPA's student generations):
+      ``prompt``/``completion`` (TRL's prompt-completion format), ``messages`` (TRL's
+      conversational SFT format: the last message, the assistant's, is the completion),
+      ``prompt``/``samples`` (each sample a record: ``jaxalign generate --num-samples`` output),
+      or paired rows (the ``chosen`` completion; ``rejected`` unused).
 
     A malformed row raises :class:`DataFormatError` naming the file, the line (the row of a
     Parquet file or JSON array) and the fields expected.
@@ -56,8 +61,8 @@ from jaxalign.inference.embed import bucket_length
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["paired", "unpaired", "negatives"]
-KINDS = ("paired", "unpaired", "negatives")
+Kind = Literal["paired", "unpaired", "negatives", "sft"]
+KINDS = ("paired", "unpaired", "negatives", "sft")
 Messages = list  # list of {"role": str, "content": str}
 Text = Union[str, Messages]
 
@@ -70,6 +75,8 @@ EXPECTED = {
     "unpaired": "'prompt', 'completion' and 'label' (bool), or paired 'chosen' and 'rejected' (optionally 'prompt')",
     "negatives": "'prompt' and 'rejected', optionally 'samples' (a list of completions), or paired 'chosen' and "
                  "'rejected' (optionally 'prompt')",
+    "sft": "'prompt' and 'completion', 'messages' (a conversation ending with the assistant's reply), 'prompt' and "
+           "'samples' (a list of completions), or paired 'chosen' and 'rejected' (optionally 'prompt')",
 }
 
 
@@ -84,7 +91,7 @@ class PreferenceRecord:
 
     ``prompt`` and the completions are all strings (text) or all message lists
     (conversational). Paired: ``chosen``/``rejected``; unpaired: ``completion``/``label``;
-    negatives: ``rejected`` and ``samples``. ``source`` is where it came from (``file:line``).
+    sft: ``completion``; negatives: ``rejected`` and ``samples``. ``source`` is where it came from (``file:line``).
     """
 
     kind: str
@@ -105,7 +112,7 @@ class PreferenceRecord:
         """The completion columns in tokenisation order (all samples for negatives)."""
         if self.kind == "paired":
             return (self.chosen, self.rejected)
-        if self.kind == "unpaired":
+        if self.kind in ("unpaired", "sft"):
             return (self.completion,)
         return (self.rejected, *self.samples)
 
@@ -229,6 +236,8 @@ def _parse_row(row: Any, kind: str, source: str, fail) -> list[PreferenceRecord]
         if not isinstance(label, (bool, np.bool_)):
             fail(f"'label' must be a bool (true: desirable), got {label!r:.40}")
         return [PreferenceRecord("unpaired", prompt, completion=completion, label=bool(label), source=source)]
+    if kind == "sft":
+        return _sft_records(row, paired, source, fail)
     # negatives: prompt/rejected[/samples], or a paired row whose chosen is left unused
     if paired:
         prompt, _, rejected = _paired_parts(row, fail)
@@ -238,15 +247,44 @@ def _parse_row(row: Any, kind: str, source: str, fail) -> list[PreferenceRecord]
             fail(f"missing {' and '.join(repr(m) for m in missing)}; expected {EXPECTED[kind]}")
         prompt = _check_text(row["prompt"], "prompt", fail)
         rejected = _check_text(row["rejected"], "rejected", fail)
+    samples = _samples(row, fail)
+    if any(isinstance(c, list) != isinstance(prompt, list) for c in (rejected, *samples)):
+        fail("'prompt', 'rejected' and 'samples' must all be strings or all be message lists")
+    return [PreferenceRecord("negatives", prompt, rejected=rejected, samples=samples, source=source)]
+
+
+def _samples(row: dict, fail) -> tuple:
     samples = row.get("samples", [])
     if isinstance(samples, np.ndarray):
         samples = samples.tolist()
     if not isinstance(samples, list):
         fail(f"'samples' must be a list of completions, got {type(samples).__name__}")
-    samples = tuple(_check_text(s, f"samples[{i}]", fail) for i, s in enumerate(samples))
-    if any(isinstance(c, list) != isinstance(prompt, list) for c in (rejected, *samples)):
-        fail("'prompt', 'rejected' and 'samples' must all be strings or all be message lists")
-    return [PreferenceRecord("negatives", prompt, rejected=rejected, samples=samples, source=source)]
+    return tuple(_check_text(s, f"samples[{i}]", fail) for i, s in enumerate(samples))
+
+
+def _sft_records(row: dict, paired: bool, source: str, fail) -> list[PreferenceRecord]:
+    if "messages" in row:
+        messages = _check_text(row["messages"], "messages", fail)
+        if not isinstance(messages, list) or len(messages) < 2 or messages[-1]["role"] != "assistant":
+            fail("'messages' must be a conversation of >= 2 messages ending with the assistant's reply")
+        return [PreferenceRecord("sft", messages[:-1], completion=messages[-1:], source=source)]
+    if paired:
+        prompt, chosen, _ = _paired_parts(row, fail)
+        return [PreferenceRecord("sft", prompt, completion=chosen, source=source)]
+    if "prompt" in row and "samples" in row:
+        prompt = _check_text(row["prompt"], "prompt", fail)
+        samples = _samples(row, fail)
+        if any(isinstance(c, list) != isinstance(prompt, list) for c in samples):
+            fail("'prompt' and 'samples' must all be strings or all be message lists")
+        return [PreferenceRecord("sft", prompt, completion=c, source=source) for c in samples]
+    missing = [k for k in ("prompt", "completion") if k not in row]
+    if missing:
+        fail(f"missing {' and '.join(repr(m) for m in missing)}; expected {EXPECTED['sft']}")
+    prompt = _check_text(row["prompt"], "prompt", fail)
+    completion = _check_text(row["completion"], "completion", fail)
+    if isinstance(prompt, list) != isinstance(completion, list):
+        fail("'prompt' and 'completion' must both be strings or both be message lists")
+    return [PreferenceRecord("sft", prompt, completion=completion, source=source)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -701,7 +739,7 @@ class PreferenceTokenizer:
                      dict(drops) or "none", dict(truncated) or "none")
         if not examples:
             raise ValueError(f"every one of the {len(records)} preference records was dropped ({dict(drops)})")
-        columns = {"paired": ("chosen", "rejected"), "unpaired": ("completion", "kl_completion"),
+        columns = {"paired": ("chosen", "rejected"), "unpaired": ("completion", "kl_completion"), "sft": ("completion",),
                    "negatives": ("rejected", *(f"sample_{j}" for j in range(1, (k or 0) + 1)))}[kind]
         return TokenizedPreference(examples, kind, columns, self.max_length, self.pad_id, dict(drops), dict(truncated))
 
@@ -733,7 +771,7 @@ def collate_preference(examples: Sequence[PreferenceExample], *, buckets: Sequen
     """Examples -> NumPy arrays of static, bucketed shape (this process's slice of the batch).
 
     * ``input_ids`` int32 ``[B, C, T]``: prompt + completion of each column, right-padded
-      with ``pad_id``. Paired: C = 2 (chosen, rejected). Negatives: C = 1 + K (rejected,
+      with ``pad_id``. Paired: C = 2 (chosen, rejected). SFT: C = 1. Negatives: C = 1 + K (rejected,
       sample 1..K). Unpaired (KTO): C = 2 (completion, KL completion), where the KL
       completion of example ``i`` is the completion of example ``i - 1`` of this batch
       (``(i - 1) mod B``: a roll by one, exactly TRL's ``KL_completion_ids``) after example

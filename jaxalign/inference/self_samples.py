@@ -1,4 +1,4 @@
-"""Self-generated completions for preference data: D²O's ``samples``.
+"""Self-generated completions for preference data: D²O's ``samples``, ADPA's student responses.
 
 D²O trains on a dispreferred completion and ``K`` samples the model itself generates for
 the same prompt. :func:`write_self_samples` reads preference records (any format
@@ -7,7 +7,7 @@ unused), renders and truncates each prompt exactly as training will
 (:func:`~jaxalign.data.preference.tokenize_preference` with the same settings), samples ``K``
 continuations per prompt with :func:`~jaxalign.inference.generate.generate`, and writes a
 jsonl file of ``{"prompt", "rejected", "samples"}`` records that ``data.kind=negatives``
-reads back.
+reads back, and ``data.kind=sft`` too (each sample a record of its own).
 """
 
 from __future__ import annotations

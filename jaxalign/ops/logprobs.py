@@ -12,6 +12,7 @@ backward pass also holds one chunk of logits at a time.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -67,15 +68,31 @@ def token_logps(hidden: jax.Array, unembed: jax.Array, targets: jax.Array, *, ch
     return map_chunks(one, (hidden, targets), chunk=chunk)
 
 
+class CompletionLogps(NamedTuple):
+    """Per-token log-probs of completion tokens, ``[N, T-1]``, position ``t`` scoring token ``t+1``."""
+
+    per_token: jax.Array  # 0 off the completion
+    mask: jax.Array  # float32, 1 at completion tokens
+    log_sum_sq: jax.Array | None = None  # log Σ_v p_v², when asked for
+
+    @property
+    def summed(self) -> jax.Array:
+        return self.per_token.sum(-1)
+
+    @property
+    def lengths(self) -> jax.Array:
+        return self.mask.sum(-1)
+
+
 def completion_logps(hidden: jax.Array, unembed: jax.Array, input_ids: jax.Array, loss_mask: jax.Array, *,
-                     chunk: int = 64) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Summed completion log-probs of each sequence.
+                     chunk: int = 64, log_sum_sq: bool = False) -> CompletionLogps:
+    """Log-probs of each sequence's completion tokens.
 
     hidden: [N, T, H] for input_ids [N, T]; loss_mask [N, T] is 1 at completion *tokens*
     (token t is predicted by position t-1, so position t-1's log-prob counts when
-    ``loss_mask[t]``). Returns ``(summed [N], lengths [N], per_token [N, T-1])`` where
-    ``per_token`` is already masked (0 off the completion).
+    ``loss_mask[t]``).
     """
     mask = loss_mask[:, 1:].astype(jnp.float32)
-    per_token = token_logps(hidden[:, :-1], unembed, input_ids[:, 1:], chunk=chunk) * mask
-    return per_token.sum(-1), mask.sum(-1), per_token
+    out = token_logps(hidden[:, :-1], unembed, input_ids[:, 1:], chunk=chunk, log_sum_sq=log_sum_sq)
+    per_token, lss = out if log_sum_sq else (out, None)
+    return CompletionLogps(per_token * mask, mask, lss)

@@ -26,15 +26,21 @@ LogicalAxes = tuple[str | None, ...]
 
 class Task(Protocol):
     """``params`` are trained; ``frozen`` arrays are read by the step but never updated (a
-    reference model, a LoRA base); both are nested dicts already placed on the mesh, with
-    their logical axes in ``param_axes`` / ``frozen_axes``."""
+    reference model, a LoRA base); ``tracked`` arrays are read by the step and updated by
+    ``update_tracked`` after it, untrained (TR-DPO's synced reference); all are nested dicts
+    already placed on the mesh, with their logical axes in ``param_axes`` / ``frozen_axes`` /
+    ``tracked_axes``. The loss sees ``frozen`` and ``tracked`` merged, as its ``frozen``."""
 
     params: dict
     param_axes: dict
     frozen: dict
     frozen_axes: dict
+    tracked: dict
+    tracked_axes: dict
     stream: BatchStream
     eval_metric: str | None  # key of ``evaluate``'s result that selects the best checkpoint (higher = better)
+    # ``(tracked, params, steps_done) -> tracked``, traced inside the step; None: nothing tracked
+    update_tracked: Callable[[dict, Any, jax.Array], dict] | None
 
     def batch_axes(self) -> dict[str, LogicalAxes]:
         """Logical axes of every array ``next_batch`` returns."""

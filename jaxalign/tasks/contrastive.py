@@ -38,6 +38,9 @@ class ContrastiveTask:
     evaluator: "StsEvaluator | None" = None
     frozen: dict = dataclasses.field(default_factory=dict)
     frozen_axes: dict = dataclasses.field(default_factory=dict)
+    tracked: dict = dataclasses.field(default_factory=dict)
+    tracked_axes: dict = dataclasses.field(default_factory=dict)
+    update_tracked = None
     eval_metric: str = "eval/sts"
 
     @classmethod

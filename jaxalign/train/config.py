@@ -54,8 +54,8 @@ class ModelConfig:
 class DataConfig:
     # sentences: one per line (unsup. SimCSE); nli: SNLI/MNLI triplets; pairs: scored sentence pairs;
     # preference: (prompt, chosen, rejected); unpaired: (prompt, completion, label) for KTO;
-    # negatives: (prompt, rejected[, samples]) for D2O
-    kind: Literal["sentences", "nli", "pairs", "preference", "unpaired", "negatives"] = "sentences"
+    # negatives: (prompt, rejected[, samples]) for D2O; sft: (prompt, completion) for PoFT and ADPA
+    kind: Literal["sentences", "nli", "pairs", "preference", "unpaired", "negatives", "sft"] = "sentences"
     path: str = "builtin:sentences-mini"
     batch_size: int = 64  # global batch, split over the mesh's data axes
     shuffle: bool = True
@@ -110,15 +110,16 @@ class WhiteningConfig:
 
 
 CONTRASTIVE_OBJECTIVES = ("simcse", "whitenedcse", "cosent", "angle", "matryoshka", "2dmse", "dse")
-PREFERENCE_OBJECTIVES = ("dpo", "simpo", "cpo", "orpo", "kto", "asft", "d2o")
-PREFERENCE_DATA = ("preference", "unpaired", "negatives")
+PREFERENCE_OBJECTIVES = ("dpo", "simpo", "cpo", "orpo", "kto", "asft", "d2o", "poft", "dckd", "adpa")
+PREFERENCE_DATA = ("preference", "unpaired", "negatives", "sft")
 
 
 @dataclasses.dataclass(frozen=True)
 class ObjectiveConfig:
     # Contrastive (sentence encoders) -- simcse: InfoNCE with in-batch (+ hard) negatives: dropout
     # views for `sentences` data (unsupervised SimCSE), triplets for `nli` (supervised), MNRL for `pairs`.
-    # Preference (causal LMs) -- dpo: the DPO family (`loss_type`), simpo, cpo, orpo, kto, asft, d2o.
+    # Preference (causal LMs) -- dpo: the DPO family (`loss_type`), simpo, cpo, orpo, kto, asft, d2o;
+    # poft (targets scored by aligned models); dckd, adpa (distillation from an aligned teacher LM).
     name: Literal[CONTRASTIVE_OBJECTIVES + PREFERENCE_OBJECTIVES] = "simcse"
     temperature: float = 0.05
     symmetric: bool = False
@@ -129,7 +130,8 @@ class ObjectiveConfig:
     matryoshka_dims: tuple[int, ...] = (384, 256, 128, 64, 32)
     kl_temperature: float = 0.3
     dse_alpha: float = 0.5
-    teacher: str | None = None  # DSE: teacher encoder whose pair scores are distilled
+    # DSE: teacher encoder whose pair scores are distilled; dckd/adpa: the aligned teacher LM (same vocabulary)
+    teacher: str | None = None
     cache_chunk: int | None = None  # GradCache: embed in chunks of this many rows
     # --- preference objectives (TRL's names and defaults) ---
     beta: float | None = None  # null: the loss's own default (0.1; SimPO 2.0; ORPO's and ASFT's lambda 0.1)
@@ -145,12 +147,28 @@ class ObjectiveConfig:
     reference: Literal["model", "precomputed"] = "model"
     reference_model: str | None = None  # default: the initial policy (model.name)
     logps_chunk: int = 64  # sequence positions per LM-head chunk: [rows, chunk, vocab] logits at a time
+    # DPO variants (TRL's DPOConfig names): WPO weighting; LD-DPO's weight on the longer
+    # completion's tail; TR-DPO's reference update ref <- a * policy + (1 - a) * ref every n steps.
+    use_weighting: bool = False
+    ld_alpha: float | None = None
+    sync_ref_model: bool = False
+    ref_model_mixup_alpha: float = 0.6
+    ref_model_sync_steps: int = 512
+    aligned_models: tuple[str, ...] = ()  # poft: the M aligned models scoring each target (own tokenizers)
+    teacher_reference: str | None = None  # adpa: the teacher's reference (advantage = log pi_teacher - log pi_ref)
+    teacher_top_k: int | None = None  # dckd: KL over the teacher's k most likely tokens (null: the vocabulary)
 
     def __post_init__(self):
         _check(self.temperature > 0, f"objective.temperature={self.temperature}: must be > 0")
         _check(self.beta is None or self.beta > 0, f"objective.beta={self.beta}: must be > 0")
         _check(self.logps_chunk >= 1, f"objective.logps_chunk={self.logps_chunk}: must be >= 1")
         _check(self.cache_chunk is None or self.cache_chunk >= 1, "objective.cache_chunk: must be >= 1 or null")
+        _check(self.ld_alpha is None or 0 <= self.ld_alpha <= 1, f"objective.ld_alpha={self.ld_alpha}: must be in [0, 1]")
+        _check(0 < self.ref_model_mixup_alpha <= 1,
+               f"objective.ref_model_mixup_alpha={self.ref_model_mixup_alpha}: must be in (0, 1]")
+        _check(self.ref_model_sync_steps >= 1, f"objective.ref_model_sync_steps={self.ref_model_sync_steps}: must be >= 1")
+        _check(self.teacher_top_k is None or self.teacher_top_k >= 1,
+               f"objective.teacher_top_k={self.teacher_top_k}: must be >= 1 or null (the whole vocabulary)")
 
 
 @dataclasses.dataclass(frozen=True)

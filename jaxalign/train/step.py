@@ -6,6 +6,10 @@ a pure ``(state, batch, frozen) -> (state, metrics)`` function, compiled once pe
 shape with explicit shardings and the state's buffers donated. ``frozen`` holds arrays the
 loss reads but never trains (a reference model, a LoRA base): an argument rather than part
 of the state, so it is neither differentiated, nor given optimiser state, nor checkpointed.
+Arrays the loss reads and the run *changes* without training them (TR-DPO's reference, mixed
+towards the policy every few steps) are the state's ``tracked`` instead: checkpointed with it,
+updated by the task's ``update_tracked`` after each step, and readable by the loss beside
+``frozen`` under their own keys.
 
 Non-finite steps (NaN/Inf in the loss or any gradient) leave parameters and optimiser state
 untouched; the state counts them (``nonfinite``, consecutive) so the loop can stop with a
@@ -29,7 +33,7 @@ LossFn = Callable[[Any, Any, jax.Array, Any], tuple[jax.Array, dict]]
 class TrainState:
     """step: micro-steps taken; rng: raw uint32 base key (per-step keys are ``fold_in(rng, step)``,
     so a resumed run draws exactly the same dropout masks); nonfinite: consecutive skipped steps;
-    skipped: all skipped steps."""
+    skipped: all skipped steps; tracked: untrained arrays the run updates (see the module docstring)."""
 
     step: jax.Array
     params: Any
@@ -37,15 +41,16 @@ class TrainState:
     rng: jax.Array
     nonfinite: jax.Array
     skipped: jax.Array
+    tracked: Any = dataclasses.field(default_factory=dict)
 
     @classmethod
-    def create(cls, params, optimizer: optax.GradientTransformation, seed: int) -> "TrainState":
+    def create(cls, params, optimizer: optax.GradientTransformation, seed: int, tracked=None) -> "TrainState":
         zero = jnp.zeros((), jnp.int32)
-        return cls(zero, params, optimizer.init(params), jax.random.PRNGKey(seed), zero, zero)
+        return cls(zero, params, optimizer.init(params), jax.random.PRNGKey(seed), zero, zero, tracked or {})
 
 
 jax.tree_util.register_dataclass(
-    TrainState, data_fields=["step", "params", "opt_state", "rng", "nonfinite", "skipped"], meta_fields=[]
+    TrainState, data_fields=["step", "params", "opt_state", "rng", "nonfinite", "skipped", "tracked"], meta_fields=[]
 )
 
 
@@ -61,9 +66,11 @@ def make_step(
     value_and_grad: Callable | None = None,
     schedule: optax.Schedule | None = None,
     grad_accum: int = 1,
+    update_tracked: Callable[[Any, Any, jax.Array], Any] | None = None,
 ) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
     """The pure step. Pass ``loss_fn`` or a custom ``value_and_grad`` returning
-    ``((loss, metrics), grads)``."""
+    ``((loss, metrics), grads)``; ``update_tracked(tracked, params, steps_done)`` returns the
+    state's next ``tracked`` from the updated parameters."""
     if value_and_grad is None:
         if loss_fn is None:
             raise ValueError("make_step needs loss_fn or value_and_grad")
@@ -71,19 +78,22 @@ def make_step(
 
     def step(state: TrainState, batch, frozen=None) -> tuple[TrainState, dict]:
         rng = jax.random.fold_in(state.rng, state.step)
-        (loss, metrics), grads = value_and_grad(state.params, batch, rng, frozen)
+        readable = {**(frozen or {}), **state.tracked} if state.tracked else frozen
+        (loss, metrics), grads = value_and_grad(state.params, batch, rng, readable)
         finite = jnp.isfinite(loss) & _all_finite(grads)
         updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
         skipped = (~finite).astype(jnp.int32)
+        params = keep(new_params, state.params)
         new_state = TrainState(
             step=state.step + 1,
-            params=keep(new_params, state.params),
+            params=params,
             opt_state=keep(new_opt_state, state.opt_state),
             rng=state.rng,
             nonfinite=jnp.where(finite, 0, state.nonfinite + 1),
             skipped=state.skipped + skipped,
+            tracked=update_tracked(state.tracked, params, state.step + 1) if update_tracked else state.tracked,
         )
         out = {"loss": loss, "grad_norm": optax.tree.norm(grads), "skipped": skipped,
                "nonfinite": new_state.nonfinite, **metrics}

@@ -14,6 +14,7 @@ import os
 import time
 
 import jax
+import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
@@ -71,18 +72,23 @@ class Run:
         abstract_opt = jax.eval_shape(optimizer.init, abstract)
         opt_shardings = optax.tree_map_params(optimizer, lambda _, s: s, abstract_opt, param_shardings,
                                               transform_non_params=lambda _: replicated)
-        state_shardings = TrainState(replicated, param_shardings, opt_shardings, replicated, replicated, replicated)
+        tracked_shardings = tree_shardings(mesh, task.tracked_axes, jax.eval_shape(lambda: task.tracked))
+        state_shardings = TrainState(replicated, param_shardings, opt_shardings, replicated, replicated, replicated,
+                                     tracked_shardings)
         batch_shardings = {k: named_sharding(mesh, axes) for k, axes in task.batch_axes().items()}
         frozen_shardings = tree_shardings(mesh, task.frozen_axes, jax.eval_shape(lambda: task.frozen))
         return cls(cfg, mesh, task, optimizer, schedule, state_shardings, batch_shardings, frozen_shardings)
 
     def init_state(self) -> TrainState:
-        create = jax.jit(lambda p: TrainState.create(p, self.optimizer, self.cfg.seed), out_shardings=self.state_shardings)
-        return create(self.task.params)
+        # Tracked arrays start as copies: they may be the very arrays of params (TR-DPO's initial
+        # reference is the initial policy), and the step donates the whole state.
+        create = jax.jit(lambda p, t: TrainState.create(p, self.optimizer, self.cfg.seed, jax.tree.map(jnp.copy, t)),
+                         out_shardings=self.state_shardings)
+        return create(self.task.params, self.task.tracked)
 
     def step_fn(self):
         step = make_step(self.optimizer, value_and_grad=self.task.value_and_grad(), schedule=self.schedule,
-                         grad_accum=self.cfg.optim.grad_accum)
+                         grad_accum=self.cfg.optim.grad_accum, update_tracked=self.task.update_tracked)
         return jit_step(step, self.state_shardings, self.batch_shardings, self.frozen_shardings)
 
     def next_batch(self) -> dict:
