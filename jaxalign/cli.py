@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -186,6 +187,18 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _options_reference() -> str:
+    """Every training option with its default and what it does, from the typed config."""
+    from jaxalign.config import describe_options
+    from jaxalign.train.config import TrainConfig
+
+    lines = ["options (KEY=VALUE; default in brackets):"]
+    for name, default, doc in describe_options(TrainConfig):
+        lines.append(f"  {name} [{default}]")
+        lines += textwrap.wrap(doc, 96, initial_indent="      ", subsequent_indent="      ")
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jaxalign",
@@ -234,10 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "train", help="train with a recipe (YAML) and key=value overrides",
-        description="Train with RECIPE (a YAML file; see experiments/) and dotted key=value overrides, e.g. "
-                    "`jaxalign train experiments/simcse_unsup_small.yaml optim.lr=1e-5 data.batch_size=32`. "
-                    "Sections: model, data, optim, objective, mesh, checkpoint, eval, log; top level: seed, steps, "
-                    "max_nonfinite, export. Use --print-config to see every option with its value.",
+        description=textwrap.fill(
+            "Train with RECIPE (a YAML file; see experiments/) and dotted key=value overrides, e.g. "
+            "`jaxalign train experiments/simcse_unsup_small.yaml optim.lr=1e-5 data.batch_size=32`. "
+            "Sections: model, data, optim, objective, mesh, checkpoint, eval, log; top level: seed, steps, "
+            "max_nonfinite, export. --print-config shows a recipe's resolved values.", 100),
+        epilog=_options_reference(), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("recipe", nargs="?", default=None, help="YAML recipe; omitted: all defaults")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. optim.lr=1e-5")

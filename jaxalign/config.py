@@ -9,6 +9,8 @@ with the dotted name, the expected type and the valid choices, before anything i
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -115,6 +117,47 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
 
 def to_dict(obj) -> dict:
     return dataclasses.asdict(obj)
+
+
+def _field_comments(cls) -> dict[str, str]:
+    """Each field's comment in ``cls``'s source: its trailing ``# ...`` and the ``# ...`` lines
+    just above it (the configs document their fields that way)."""
+    try:
+        lines = inspect.getsource(cls).splitlines()
+    except (OSError, TypeError):
+        return {}
+    comments, above = {}, []
+    for line in lines[1:]:
+        text = line.strip()
+        if text.startswith("#"):
+            above.append(text.lstrip("# "))
+            continue
+        match = re.match(r"(\w+)\s*:[^#]*?(?:#\s*(.*))?$", text)
+        if match and not text.startswith(("def ", "return", '"""')):
+            comments[match[1]] = " ".join([*above, match[2] or ""]).strip()
+        above = []
+    return comments
+
+
+def describe_options(cls, prefix: str = "") -> list[tuple[str, str, str]]:
+    """``(dotted name, default, description)`` of every leaf option of a config dataclass."""
+    rows = []
+    hints = typing.get_type_hints(cls)
+    comments = _field_comments(cls)
+    for f in dataclasses.fields(cls):
+        name = prefix + f.name
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            rows += describe_options(tp, name + ".")
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        choices = typing.get_args(tp) if typing.get_origin(tp) is typing.Literal else ()
+        doc = comments.get(f.name, "")
+        if choices:
+            doc = f"one of {', '.join(map(str, choices))}" + (f"; {doc}" if doc else "")
+        rows.append((name, "null" if default is None else str(list(default) if isinstance(default, tuple) else default),
+                     doc))
+    return rows
 
 
 def parse_overrides(overrides: Sequence[str]) -> dict:

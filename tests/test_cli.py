@@ -53,6 +53,24 @@ def test_help_documents_every_option():
             assert action.help, f"{parser.prog}: {action.dest}"
 
 
+def test_train_help_explains_every_config_option():
+    """`jaxalign train --help` lists every leaf of TrainConfig with its default, and says what
+    each preference option does (read from the config's own comments)."""
+    from jaxalign.config import describe_options
+    from jaxalign.train.config import TrainConfig
+
+    train = next(p for p in _all_parsers(build_parser()) if p.prog == "jaxalign train")
+    text = train.format_help()
+    rows = describe_options(TrainConfig)
+    assert len(rows) > 80
+    for name, default, doc in rows:
+        assert f"  {name} [{default}]" in text, name
+    undocumented = [n for n, _, doc in rows if n.startswith("objective.") and not doc
+                    and n.split(".")[1] in {"beta", "use_weighting", "ld_alpha", "sync_ref_model", "teacher",
+                                            "teacher_reference", "teacher_top_k", "aligned_models", "reference"}]
+    assert not undocumented
+
+
 def test_eval_sts_with_bert_whitening(tmp_path):
     import json
 

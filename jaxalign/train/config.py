@@ -23,9 +23,9 @@ class LoraConfig:
     """Low-rank adapters ``W + (alpha / rank) A B`` on the named projections, base frozen.
     rank 0 trains every parameter."""
 
-    rank: int = 0
-    alpha: float = 16.0
-    targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    rank: int = 0  # adapter rank; 0: full fine-tuning
+    alpha: float = 16.0  # the adapters' scale is alpha / rank (PEFT's lora_alpha)
+    targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")  # projections that get adapters
 
     def __post_init__(self):
         _check(self.rank >= 0, f"model.lora.rank={self.rank}: must be >= 0 (0 = full fine-tuning)")
@@ -34,10 +34,10 @@ class LoraConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    name: str = "all-MiniLM-L6-v2"
+    name: str = "all-MiniLM-L6-v2"  # a packaged name (all-MiniLM-L6-v2, SmolLM2-135M-Instruct), a HF directory or .gguf
     dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype; master weights stay float32
     pooling: str | None = None  # default: the checkpoint's sentence-transformers pooling
-    max_length: int = 32
+    max_length: int = 32  # tokens per sequence (preference: prompt + completion)
     num_layers: int | None = None  # keep only the first n transformer layers (small CPU recipes)
     dropout: bool = True  # the checkpoint's dropout rates in training (SimCSE needs them); false: deterministic
     lora: LoraConfig = LoraConfig()  # decoders: parameter-efficient training
@@ -56,15 +56,15 @@ class DataConfig:
     # preference: (prompt, chosen, rejected); unpaired: (prompt, completion, label) for KTO;
     # negatives: (prompt, rejected[, samples]) for D2O; sft: (prompt, completion) for PoFT and ADPA
     kind: Literal["sentences", "nli", "pairs", "preference", "unpaired", "negatives", "sft"] = "sentences"
-    path: str = "builtin:sentences-mini"
+    path: str = "builtin:sentences-mini"  # file, directory, hf:NAME[:SPLIT], tfds:NAME[:SPLIT] or builtin:...
     batch_size: int = 64  # global batch, split over the mesh's data axes
-    shuffle: bool = True
-    max_examples: int | None = None
+    shuffle: bool = True  # reshuffle every epoch (seeded: a resumed run sees the same order)
+    max_examples: int | None = None  # read at most n examples (rows); null: all
     skip_examples: int = 0  # preference data: pass over the first n rows (e.g. a held-out part kept for eval)
-    buckets: tuple[int, ...] = (16, 32, 64, 128, 256, 512)
-    # Preference data (TRL's DPOConfig names): the prompt keeps its end, completions their start.
+    buckets: tuple[int, ...] = (16, 32, 64, 128, 256, 512)  # padded lengths: one compiled step per bucket
+    # preference data (TRL's DPOConfig names): a longer prompt keeps its end; null: no cut
     max_prompt_length: int | None = None
-    max_completion_length: int | None = None
+    max_completion_length: int | None = None  # a longer completion keeps its start; null: no cut
     # null: text records as text, conversational ones through the tokenizer's chat template (TRL);
     # "auto": every record as a chat (HH transcripts split into turns); or a Jinja template.
     chat_template: str | None = None
@@ -79,15 +79,15 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
-    lr: float = 3e-5
+    lr: float = 3e-5  # peak learning rate (AdamW)
     weight_decay: float = 0.0  # decoupled (AdamW); never applied to biases and norms
-    b1: float = 0.9
-    b2: float = 0.999
-    eps: float = 1e-8
-    schedule: Literal["constant", "linear", "cosine"] = "linear"
-    warmup_steps: int = 0
-    clip_norm: float | None = 1.0
-    grad_accum: int = 1
+    b1: float = 0.9  # Adam's first-moment decay
+    b2: float = 0.999  # Adam's second-moment decay
+    eps: float = 1e-8  # Adam's epsilon
+    schedule: Literal["constant", "linear", "cosine"] = "linear"  # decay after warmup, to 0 at the last step
+    warmup_steps: int = 0  # linear warmup from 0
+    clip_norm: float | None = 1.0  # clip the global gradient norm; null: no clipping
+    grad_accum: int = 1  # micro-batches per optimiser update (data.batch_size each)
 
     def __post_init__(self):
         _check(self.lr > 0, f"optim.lr={self.lr}: must be > 0")
@@ -98,7 +98,7 @@ class OptimConfig:
 
 @dataclasses.dataclass(frozen=True)
 class WhiteningConfig:
-    groups: int = 32
+    groups: int = 32  # channel groups whitened separately
     method: Literal["zca", "cholesky", "newton_schulz"] = "zca"
     eps: float = 0.0  # shrinkage towards the identity
     stop_gradient: bool = True  # detach W, as the released WhitenedCSE code does
@@ -106,7 +106,7 @@ class WhiteningConfig:
     # Statistics over the global batch (default: identical on any mesh, like the single-device
     # run) or per data-parallel shard (like per-device BatchNorm, no collectives).
     statistics: Literal["global", "per_shard"] = "global"
-    ns_iters: int = 5
+    ns_iters: int = 5  # Newton-Schulz iterations
 
 
 CONTRASTIVE_OBJECTIVES = ("simcse", "whitenedcse", "cosent", "angle", "matryoshka", "2dmse", "dse")
@@ -121,23 +121,23 @@ class ObjectiveConfig:
     # Preference (causal LMs) -- dpo: the DPO family (`loss_type`), simpo, cpo, orpo, kto, asft, d2o;
     # poft (targets scored by aligned models); dckd, adpa (distillation from an aligned teacher LM).
     name: Literal[CONTRASTIVE_OBJECTIVES + PREFERENCE_OBJECTIVES] = "simcse"
-    temperature: float = 0.05
-    symmetric: bool = False
-    hard_negative_weight: float = 0.0
+    temperature: float = 0.05  # InfoNCE temperature
+    symmetric: bool = False  # also the reverse direction (positives against the anchors)
+    hard_negative_weight: float = 0.0  # SimCSE's log-weight on hard negatives (supervised)
     head: Literal["none", "mlp"] = "none"  # SimCSE's training-only MLP over the pooled embedding
     whitening: WhiteningConfig = WhiteningConfig()
-    cosent_scale: float = 20.0
-    matryoshka_dims: tuple[int, ...] = (384, 256, 128, 64, 32)
-    kl_temperature: float = 0.3
-    dse_alpha: float = 0.5
+    cosent_scale: float = 20.0  # CoSENT / AnglE scale on cosine differences
+    matryoshka_dims: tuple[int, ...] = (384, 256, 128, 64, 32)  # Matryoshka / 2DMSE embedding prefixes
+    kl_temperature: float = 0.3  # 2DMSE: temperature of the KL from the full model to shallow layers
+    dse_alpha: float = 0.5  # DSE: weight of the gold-score loss against the teacher's
     # DSE: teacher encoder whose pair scores are distilled; dckd/adpa: the aligned teacher LM (same vocabulary)
     teacher: str | None = None
     cache_chunk: int | None = None  # GradCache: embed in chunks of this many rows
     # --- preference objectives (TRL's names and defaults) ---
     beta: float | None = None  # null: the loss's own default (0.1; SimPO 2.0; ORPO's and ASFT's lambda 0.1)
     loss_type: tuple[str, ...] = ("sigmoid",)  # dpo: one loss or several, summed with loss_weights (MPO)
-    loss_weights: tuple[float, ...] | None = None
-    label_smoothing: float = 0.0
+    loss_weights: tuple[float, ...] | None = None  # one weight per loss_type; null: 1 each
+    label_smoothing: float = 0.0  # cDPO / robust / exo / aot: probability that a label is flipped
     # Further options of the chosen loss, named as TRL names them (f_divergence_type, simpo_gamma,
     # cpo_alpha, orpo_lambda, desirable_weight, d2o_alpha, ...); checked against what that loss takes.
     options: dict[str, Any] = dataclasses.field(default_factory=dict, hash=False)
@@ -147,13 +147,12 @@ class ObjectiveConfig:
     reference: Literal["model", "precomputed"] = "model"
     reference_model: str | None = None  # default: the initial policy (model.name)
     logps_chunk: int = 64  # sequence positions per LM-head chunk: [rows, chunk, vocab] logits at a time
-    # DPO variants (TRL's DPOConfig names): WPO weighting; LD-DPO's weight on the longer
-    # completion's tail; TR-DPO's reference update ref <- a * policy + (1 - a) * ref every n steps.
-    use_weighting: bool = False
-    ld_alpha: float | None = None
-    sync_ref_model: bool = False
-    ref_model_mixup_alpha: float = 0.6
-    ref_model_sync_steps: int = 512
+    # DPO variants, under TRL's DPOConfig names:
+    use_weighting: bool = False  # WPO: each pair's loss times exp(mean log p - log sum p^2) of both completions
+    ld_alpha: float | None = None  # LD-DPO: weight of the longer completion's tokens past the shorter's length
+    sync_ref_model: bool = False  # TR-DPO: ref <- a * policy + (1 - a) * ref every ref_model_sync_steps updates
+    ref_model_mixup_alpha: float = 0.6  # TR-DPO's a
+    ref_model_sync_steps: int = 512  # TR-DPO's period, in optimiser updates
     aligned_models: tuple[str, ...] = ()  # poft: the M aligned models scoring each target (own tokenizers)
     teacher_reference: str | None = None  # adpa: the teacher's reference (advantage = log pi_teacher - log pi_ref)
     teacher_top_k: int | None = None  # dckd: KL over the teacher's k most likely tokens (null: the vocabulary)
@@ -174,10 +173,10 @@ class ObjectiveConfig:
 @dataclasses.dataclass(frozen=True)
 class CheckpointConfig:
     dir: str | None = None  # null: no checkpoints
-    every: int = 500
-    keep_last: int = 2
-    keep_best: int = 1
-    async_save: bool = True
+    every: int = 500  # steps between checkpoints (and one at the end)
+    keep_last: int = 2  # newest checkpoints kept in <dir>/last
+    keep_best: int = 1  # best-scoring checkpoints kept in <dir>/best (by the evaluation)
+    async_save: bool = True  # write in the background while training continues
     resume: bool = True  # continue from the newest complete checkpoint in dir, if any
 
 
@@ -188,8 +187,8 @@ class EvalConfig:
     # implicit-reward accuracy, as `jaxalign eval preference`).
     data: str | None = None
     split: Literal["train", "dev", "test"] = "dev"  # STS split
-    every: int = 125
-    batch_size: int = 64
+    every: int = 125  # steps between evaluations (and at step 0 and the last step)
+    batch_size: int = 64  # global batch of the evaluation passes
     max_examples: int | None = None  # preference: evaluate on n pairs ...
     skip_examples: int = 0  # ... after the first skip_examples rows (held out from a file training also reads)
 
@@ -197,8 +196,8 @@ class EvalConfig:
 @dataclasses.dataclass(frozen=True)
 class LogConfig:
     dir: str | None = None  # metrics.jsonl and TensorBoard events; null: no files
-    every: int = 10
-    tensorboard: bool = True
+    every: int = 10  # steps between logged metrics (the only host syncs of the loop)
+    tensorboard: bool = True  # also TensorBoard events beside metrics.jsonl
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,10 +210,10 @@ class TrainConfig:
     checkpoint: CheckpointConfig = CheckpointConfig()
     eval: EvalConfig = EvalConfig()
     log: LogConfig = LogConfig()
-    seed: int = 0
-    steps: int = 100
+    seed: int = 0  # parameters of new heads, data order, dropout
+    steps: int = 100  # training steps (micro-batches)
     max_nonfinite: int = 5  # stop after this many consecutive non-finite steps (each is skipped)
-    export: str | None = None  # write a Hugging Face checkpoint of the trained encoder here
+    export: str | None = None  # write a Hugging Face checkpoint of the trained model here
 
     def __post_init__(self):
         _check(self.steps >= 1, f"steps={self.steps}: must be >= 1")
