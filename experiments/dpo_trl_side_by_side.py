@@ -35,7 +35,10 @@ Same everything, so that the two runs should agree to float32 rounding:
   optimiser step per batch (no accumulation). TRL's own optimiser default (``adamw_torch_fused``
   with torch >= 2.8) is kept unless ``--trl-optim`` says otherwise.
 
-Checks: the step-1 loss is ln 2 = 0.693147 on both sides (policy == reference); the largest
+DPO variants, the same on both sides: ``--use-weighting`` (WPO), ``--ld-alpha`` (LD-DPO),
+``--sync-ref-model`` (TR-DPO, with ``--ref-model-sync-steps`` and ``--ref-model-mixup-alpha``).
+
+Checks: the step-1 loss is ln 2 = 0.693147 on both sides (policy == reference; not with WPO); the largest
 absolute per-step loss difference is at most ``--tolerance``; every batch is token-identical.
 Exit status 1 if any check fails.
 
@@ -105,6 +108,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model-dir", type=Path, default=None,
                    help="where to export the model (reused if it already holds config.json); default: a temporary "
                         "directory removed at exit")
+    p.add_argument("--use-weighting", action="store_true", help="WPO weighting on both sides (DPOConfig.use_weighting)")
+    p.add_argument("--ld-alpha", type=float, default=None, help="LD-DPO's alpha on both sides (DPOConfig.ld_alpha)")
+    p.add_argument("--sync-ref-model", action="store_true",
+                   help="TR-DPO on both sides: the reference mixed towards the policy every --ref-model-sync-steps")
+    p.add_argument("--ref-model-sync-steps", type=int, default=2, help="TR-DPO's period (default: %(default)s)")
+    p.add_argument("--ref-model-mixup-alpha", type=float, default=0.6, help="TR-DPO's alpha (default: %(default)s)")
     p.add_argument("--tolerance", type=float, default=1e-4,
                    help="largest allowed absolute per-step loss difference (default: %(default)s)")
     p.add_argument("--json", type=Path, default=HERE / "results" / "dpo_trl_side_by_side.json",
@@ -183,7 +192,26 @@ def jaxalign_overrides(args, model_dir: Path, data_path: str, log_dir: Path) -> 
         f"optim.clip_norm={args.clip_norm if args.clip_norm > 0 else 'null'}", "optim.grad_accum=1",
         "mesh.data=1", "eval.data=null", "checkpoint.dir=null", f"log.dir={log_dir}", "log.every=1",
         "log.tensorboard=false", f"seed={args.seed}", f"steps={args.steps}",
+        *variant_overrides(args),
     ]
+
+
+def variant_overrides(args) -> list[str]:
+    """The DPO variants under test, as jaxalign options (TRL's DPOConfig takes the same names)."""
+    out = []
+    if args.use_weighting:
+        out.append("objective.use_weighting=true")
+    if args.ld_alpha is not None:
+        out.append(f"objective.ld_alpha={args.ld_alpha}")
+    if args.sync_ref_model:
+        out += ["objective.sync_ref_model=true", f"objective.ref_model_sync_steps={args.ref_model_sync_steps}",
+                f"objective.ref_model_mixup_alpha={args.ref_model_mixup_alpha}"]
+    return out
+
+
+def variant_kwargs(args) -> dict:
+    return dict(use_weighting=args.use_weighting, ld_alpha=args.ld_alpha, sync_ref_model=args.sync_ref_model,
+                ref_model_sync_steps=args.ref_model_sync_steps, ref_model_mixup_alpha=args.ref_model_mixup_alpha)
 
 
 def run_jaxalign(overrides: list[str], log_dir: Path) -> dict:
@@ -243,7 +271,8 @@ def run_trl(args, model_dir: Path, records: list, indices: list[list[int]], work
         bf16=False, fp16=False, gradient_checkpointing=False, use_cpu=True, dataloader_num_workers=0,
         train_sampling_strategy="sequential", seed=args.seed, disable_dropout=True,
         beta=args.beta, loss_type=["sigmoid"], label_smoothing=0.0, max_length=args.max_length,
-        truncation_mode="keep_start", precompute_ref_log_probs=False, disable_tqdm=True, **kwargs,
+        truncation_mode="keep_start", precompute_ref_log_probs=False, disable_tqdm=True, **variant_kwargs(args),
+        **kwargs,
     )
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     load = lambda: AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
@@ -377,7 +406,8 @@ def main(argv=None) -> int:
     batches = compare_batches(jx["batches"], tr["batches"])
     step1 = {"step1_loss_jaxalign": jx["steps"][1]["loss"], "step1_loss_trl": tr["steps"][1]["loss"]}
     checks = {**step1,
-              "step1_is_ln2": all(abs(v - LN2) < 1e-5 for v in step1.values()),
+              # WPO scales every pair's loss by its weight, so its first step is not ln 2
+              "step1_is_ln2": args.use_weighting or all(abs(v - LN2) < 1e-5 for v in step1.values()),
               "losses_within_tolerance": diffs["loss"] <= args.tolerance,
               "batches_identical": batches["identical"],
               "jaxalign_skipped_steps": jx["skipped"]}
@@ -397,6 +427,8 @@ def main(argv=None) -> int:
         "batch_indices": jx["indices"],
         "per_step": per_step,
         "max_abs_diff": diffs,
+        # relative: WPO's weighted losses can be tiny, where an absolute difference says little
+        "max_rel_diff_loss": max(r["abs_diff_loss"] / max(abs(r["trl"]["loss"]), 1e-30) for r in per_step),
         "max_abs_diff_note": "over all steps; rewards/accuracies from step 2 on (at step 1 policy == reference, every "
                              "reward is 0 up to float32 rounding and the accuracy counts the sign of that noise)",
         "batches": batches,

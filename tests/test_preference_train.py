@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from jaxalign.config import ConfigError, load_recipe
+from jaxalign.losses.preference import DPO_LOSS_TYPES
 from jaxalign.train.config import TrainConfig
 from jaxalign.train.trainer import Run, train
 from trees import assert_trees_close  # noqa: E402
@@ -122,6 +123,8 @@ OBJECTIVES = {
     "asft": ["objective.name=asft"],
     "kto": ["objective.name=kto", "data.kind=unpaired"],
     "d2o": ["objective.name=d2o", "data.kind=negatives", "data.path={negatives}", "objective.options.alpha=0.1"],
+    # every DPO-family loss type at once (MPO), so each one's gradient flows through the engine
+    "every-dpo-loss": ["objective.loss_type=" + ",".join(DPO_LOSS_TYPES), "objective.label_smoothing=0.1"],
     "wpo": ["objective.use_weighting=true"],
     "ld-dpo": ["objective.ld_alpha=0.5"],
     "tr-dpo": ["objective.sync_ref_model=true", "objective.ref_model_sync_steps=1"],
