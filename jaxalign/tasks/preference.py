@@ -69,7 +69,7 @@ def check_objective(cfg: TrainConfig) -> None:
     names = loss_names(cfg)
     if obj.name == "dpo" and any(losses.LOSSES.get(n, losses.LOSSES["sigmoid"]).function != "dpo_loss" for n in names):
         raise ValueError(f"objective.loss_type={names}: only DPO-family losses ({', '.join(losses.DPO_LOSS_TYPES)}); "
-                         "SimPO, CPO, ORPO, KTO, ASFT and D2O are objective.name values of their own")
+                         "SimPO, CPO, ORPO, KTO, ASFT, D2O, PoFT, DCKD and ADPA are objective.name values of their own")
     options = dict(obj.options)
     if obj.label_smoothing:
         options["label_smoothing"] = obj.label_smoothing
@@ -98,7 +98,7 @@ def check_objective(cfg: TrainConfig) -> None:
         if wanted and not getattr(obj, field):
             raise ValueError(f"objective.name={obj.name} needs objective.{field}: a causal LM sharing the policy's "
                              "vocabulary")
-        if getattr(obj, field) and not wanted and not (field == "teacher" and obj.name == "dse"):
+        if getattr(obj, field) and not wanted:
             raise ValueError(f"objective.{field} is read by {' and '.join(n for n, t in TEACHERS.items() if field in t)}"
                              f", not by objective.name={obj.name}")
     if obj.teacher_top_k is not None and obj.name != "dckd":
