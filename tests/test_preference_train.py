@@ -152,17 +152,22 @@ def test_objective_trains(name, negatives):
 
 
 def whole_token_logps(run: Run, local: dict) -> tuple[np.ndarray, np.ndarray]:
-    """float64 per-token log-probs ``[B, C, T-1]`` from the whole logits, and ``log Σ p²``."""
+    """float64 per-token log-probs ``[B, C, T-1]`` from the whole logits, and ``log Σ p²``
+    (one sequence at a time: a float64 ``[T, V]`` is 38 MB)."""
     task = run.task
     ids = local["input_ids"]
     b, c, t = ids.shape
     params = task.params["policy"]
     hidden = task.decoder.hidden(params, ids.reshape(b * c, t), local["attention_mask"].reshape(b * c, t))
-    logits = np.asarray(hidden @ task.decoder.unembed_kernel(params), np.float64)[:, :-1].reshape(b, c, t - 1, -1)
-    logits -= logits.max(-1, keepdims=True)
-    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-    tokens = np.take_along_axis(logp, ids[..., 1:, None], -1)[..., 0]
-    return tokens, np.log(np.exp(2 * logp).sum(-1))
+    unembed = np.asarray(task.decoder.unembed_kernel(params), np.float64)
+    tokens, log_sum_sq = np.zeros((b * c, t - 1)), np.zeros((b * c, t - 1))
+    for row, (h, targets) in enumerate(zip(np.asarray(hidden, np.float64), ids.reshape(b * c, t))):
+        logits = h[:-1] @ unembed
+        logits -= logits.max(-1, keepdims=True)
+        logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        tokens[row] = logp[np.arange(t - 1), targets[1:]]
+        log_sum_sq[row] = np.log(np.exp(2 * logp).sum(-1))
+    return tokens.reshape(b, c, t - 1), log_sum_sq.reshape(b, c, t - 1)
 
 
 def test_wpo_weights_the_first_step(single):
@@ -194,21 +199,27 @@ def test_ld_dpo_sums(single):
 
 def test_tr_dpo_mixes_the_reference_and_resumes_it(tmp_path):
     """After each sync ``ref = α·policy + (1-α)·ref`` (TRL's SyncRefModelCallback); the tracked
-    reference is checkpointed, so a run stopped after step 1 resumes with the synced one."""
-    sync = ["objective.sync_ref_model=true", "objective.ref_model_mixup_alpha=0.6", "objective.ref_model_sync_steps=1"]
+    reference is checkpointed, so a run stopped after step 1 resumes with the synced one.
+    (FSDP over the 8 devices: one replica of each state instead of eight.)"""
+    sync = ["objective.sync_ref_model=true", "objective.ref_model_mixup_alpha=0.6", "objective.ref_model_sync_steps=1",
+            "mesh.data=1", "mesh.fsdp=8"]
+    run = lambda *o, **kw: train(config(*sync, *o), progress=False, **kw)
     initial = jax.device_get(Run.build(config("mesh.data=1"), devices=jax.devices()[:1]).task.params["policy"])
-    one = train(config("steps=1", *sync), progress=False)["state"]
-    policy, ref = jax.device_get((one.params["policy"], one.tracked["reference"]))
+    state = run("steps=1")["state"]
+    policy, ref = jax.device_get((state.params["policy"], state.tracked["reference"]))
     assert_trees_close(ref, jax.tree.map(lambda p, r: 0.6 * p + 0.4 * r, policy, initial))
-    held = train(config("steps=1", *sync[:2], "objective.ref_model_sync_steps=2"), progress=False)
-    jax.tree.map(np.testing.assert_array_equal, jax.device_get(held["state"].tracked["reference"]), initial)
+    held = jax.device_get(run("steps=1", "objective.ref_model_sync_steps=2")["state"].tracked["reference"])
+    jax.tree.map(np.testing.assert_array_equal, held, initial)
+    del state, held
 
-    straight = train(config("steps=2", *sync), progress=False)
+    straight = run("steps=2")
+    loss, tracked = straight["losses"][2], jax.device_get(straight["state"].tracked)
+    del straight
     ckpt = [f"checkpoint.dir={tmp_path}", "checkpoint.async_save=false"]
-    train(config("steps=2", *sync, *ckpt), progress=False, stop_at=1)
-    resumed = train(config("steps=2", *sync, *ckpt), progress=False)
-    assert resumed["resumed_from"] == 1 and resumed["losses"][2] == pytest.approx(straight["losses"][2], rel=1e-6)
-    assert_trees_close(jax.device_get(resumed["state"].tracked), jax.device_get(straight["state"].tracked))
+    run("steps=2", *ckpt, stop_at=1)
+    resumed = run("steps=2", *ckpt)
+    assert resumed["resumed_from"] == 1 and resumed["losses"][2] == pytest.approx(loss, rel=1e-6)
+    assert_trees_close(jax.device_get(resumed["state"].tracked), tracked)
 
 
 def test_logits_are_never_materialised():
