@@ -6,7 +6,9 @@ costs ``rows * T * V * 4`` bytes (8 sequences of 1024 tokens at V = 128k: 4 GiB 
 plus as much again for its gradient). Here the sequence is cut into chunks of ``chunk``
 positions; each chunk's ``[rows, chunk, V]`` logits are made, reduced to a log-probability
 per position, and dropped. The chunk body is rematerialised (``jax.checkpoint``) so the
-backward pass also holds one chunk of logits at a time.
+backward pass also holds one chunk of logits at a time. :func:`map_chunks` is that loop for
+any per-position reduction of logits (WPO's ``log Σ p²`` here, the teachers' terms of
+:mod:`jaxalign.ops.teacher`).
 """
 
 from __future__ import annotations
