@@ -24,6 +24,16 @@ from jaxalign.data.stream import StreamState
 from jaxalign.train.config import CheckpointConfig
 
 
+def _fields(state: Any) -> dict:
+    """The train state as the dict of its fields that is written: ``tracked`` only when the run
+    tracks something, so checkpoints of runs that track nothing are the same as before it
+    existed (and still restore)."""
+    fields = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+    if not fields["tracked"]:
+        del fields["tracked"]
+    return fields
+
+
 class Checkpointer:
     def __init__(self, cfg: CheckpointConfig):
         self.cfg = cfg
@@ -39,7 +49,7 @@ class Checkpointer:
     @staticmethod
     def _args(state: Any, stream: StreamState, extra: dict) -> ocp.args.Composite:
         return ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
+            state=ocp.args.StandardSave(_fields(state)),
             meta=ocp.args.JsonSave({"stream": dataclasses.asdict(stream), **extra}))
 
     def save(self, step: int, state: Any, stream: StreamState, *, force: bool = False) -> bool:
@@ -62,10 +72,11 @@ class Checkpointer:
         step = manager.best_step() if best and step is None else (step if step is not None else manager.latest_step())
         if step is None:
             raise FileNotFoundError(f"no complete checkpoint in {manager.directory}")
-        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, _fields(abstract_state))
         restored = manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
-        return restored["state"], StreamState(**restored["meta"]["stream"]), step
+        state = dataclasses.replace(abstract_state, **restored["state"])
+        return state, StreamState(**restored["meta"]["stream"]), step
 
     def wait(self) -> None:
         self.last.wait_until_finished()
