@@ -89,7 +89,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-from jaxalign.benchmarking import interleave, machine_info, matmul_peak  # noqa: E402
+from jaxalign.benchmarking import (  # noqa: E402
+    check_counts, check_threads, interleave, machine_info, machine_summary, matmul_peak, pin_cores)
 DATA = Path(os.environ.get("JAXALIGN_DATA", REPO.parent / "shared" / "data"))
 HH = DATA / "hh-rlhf" / "helpful-base" / "test.jsonl.gz"
 LN2 = math.log(2.0)
@@ -154,10 +155,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "dpo_step.json",
                    help="where to write the results as JSON. Default: %(default)s")
     args = p.parse_args(argv)
-    for name in ("num_layers", "pairs", "steps", "threads", "peak_size", "peak_repeats", "prompt_length"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    check_counts(p, args, ("num_layers", "pairs", "steps", "threads", "peak_size", "peak_repeats", "prompt_length"))
     if args.length < 8:
         p.error("--length must be >= 8")
     if args.prompt_length is None:
@@ -166,8 +164,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error("--prompt-length must be < --length")
     if args.warmup < 0:
         p.error("--warmup must be >= 0")
-    if args.threads is not None and args.threads > len(os.sched_getaffinity(0)):
-        p.error(f"--threads {args.threads}: only {len(os.sched_getaffinity(0))} cores are available")
+    check_threads(p, args.threads)
     if args.tokens == "hh" and not HH.is_file():
         p.error(f"--tokens hh: {HH} is missing (set JAXALIGN_DATA)")
     return args
@@ -419,18 +416,12 @@ def render(console, r: dict) -> None:
                       f"{LN2:.6f}); logps/chosen jaxalign {p['logps_chosen_jaxalign']:.4f}, TRL "
                       f"{p['logps_chosen_trl']:.4f} (relative difference {p['relative_difference']:.1e}, limit "
                       f"{p['rtol']:.0e})")
-    machine = r["machine"]
-    load = machine["load_average_1_5_15min"]
-    console.print(f"batch: {r['tokens']}; torch threads {machine['torch_threads']}; jax devices "
-                  f"{', '.join(machine['jax_devices'])}; 1-min load average {load['before'][0]:.1f} before, "
-                  f"{load['after'][0]:.1f} after, on {machine['cpu_count']} cores")
+    console.print(f"batch: {r['tokens']}; {machine_summary(r['machine'])}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.threads is not None:
-        # Before jax / torch start their thread pools: XLA sizes its pool from the affinity mask.
-        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.threads])
+    pin_cores(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # On a GPU both libraries share one device: stop XLA from grabbing 75% of its memory up front.

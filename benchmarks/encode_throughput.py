@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-from jaxalign.benchmarking import machine_info  # noqa: E402
+from jaxalign.benchmarking import machine_info, machine_summary  # noqa: E402
 DATA = Path(os.environ.get("JAXALIGN_DATA", REPO.parent / "shared" / "data"))
 WIKI = DATA / "wiki" / "wiki1m_for_simcse.head.txt"
 MODEL = "all-MiniLM-L6-v2"
@@ -199,16 +199,13 @@ def render(console, r: dict) -> None:
                       "" if ratio is None else f"{ratio:.2f}x", "" if cosine is None else f"{cosine:.6f}")
     console.print(table)
     console.print(f"sentences: {r['sentences_source']}", style="bold yellow" if r["fallback_sentences"] else None)
-    pad, machine = r["padding"], r["machine"]
+    pad = r["padding"]
     shapes = " ".join(f"{b}x{t}" for b, t in pad["jaxalign_shapes"])
     console.print(f"token positions computed per call, for {pad['real_tokens']} real tokens: "
                   f"jaxalign {pad['jaxalign_positions']} ({pad['jaxalign_positions'] / pad['real_tokens']:.2f}x; "
                   f"batch shapes {shapes}), PyTorch {pad['pytorch_positions']} "
                   f"({pad['pytorch_positions'] / pad['real_tokens']:.2f}x)")
-    load = machine["load_average_1_5_15min"]
-    console.print(f"torch threads {machine['torch_threads']}; jax devices {', '.join(machine['jax_devices'])}; "
-                  f"1-min load average {load['before'][0]:.1f} before, {load['after'][0]:.1f} after, "
-                  f"on {machine['cpu_count']} cores")
+    console.print(machine_summary(r["machine"]))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -66,7 +66,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-from jaxalign.benchmarking import interleave, machine_info, matmul_peak  # noqa: E402
+from jaxalign.benchmarking import (  # noqa: E402
+    check_counts, check_threads, interleave, machine_info, machine_summary, matmul_peak, pin_cores)
 DATA = Path(os.environ.get("JAXALIGN_DATA", REPO.parent / "shared" / "data"))
 WIKI = DATA / "wiki" / "wiki1m_for_simcse.head.txt"
 MODEL = "all-MiniLM-L6-v2"
@@ -105,18 +106,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "train_step.json",
                    help="where to write the results as JSON. Default: %(default)s")
     args = p.parse_args(argv)
-    for name in ("batch_size", "steps", "threads", "peak_size", "peak_repeats"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    check_counts(p, args, ("batch_size", "steps", "threads", "peak_size", "peak_repeats"))
     if args.batch_size < 2:
         p.error("--batch-size must be >= 2 (in-batch negatives)")
     if args.length < 4:
         p.error("--length must be >= 4")
     if args.warmup < 0:
         p.error("--warmup must be >= 0")
-    if args.threads is not None and args.threads > len(os.sched_getaffinity(0)):
-        p.error(f"--threads {args.threads}: only {len(os.sched_getaffinity(0))} cores are available")
+    check_threads(p, args.threads)
     if args.data is not None and not args.data.is_file():
         p.error(f"--data {args.data}: no such file (expected one sentence per line)")
     return args
@@ -320,18 +317,12 @@ def render(console, r: dict) -> None:
             b.add_row(name, f"{m['forward']:.3f}", f"{m['backward']:.3f}", f"{m['optimiser']:.3f}", f"{m['step']:.3f}",
                       f"{ratio:.2f}x")
         console.print(b)
-    machine = r["machine"]
-    load = machine["load_average_1_5_15min"]
-    console.print(f"torch threads {machine['torch_threads']}; jax devices {', '.join(machine['jax_devices'])}; "
-                  f"1-min load average {load['before'][0]:.1f} before, {load['after'][0]:.1f} after, "
-                  f"on {machine['cpu_count']} cores")
+    console.print(machine_summary(r["machine"]))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.threads is not None:
-        # Before jax / torch start their thread pools: XLA sizes its pool from the affinity mask.
-        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.threads])
+    pin_cores(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     t_start = time.perf_counter()

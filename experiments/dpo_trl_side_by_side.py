@@ -64,7 +64,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-from jaxalign.benchmarking import machine_info  # noqa: E402
+from jaxalign.benchmarking import check_counts, machine_info  # noqa: E402
 LN2 = math.log(2.0)
 METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
            "logps/rejected")
@@ -121,10 +121,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.num_layers == 0:
         args.num_layers = None
-    for name in ("steps", "batch_size", "num_layers", "max_examples", "threads"):
-        v = getattr(args, name)
-        if v is not None and v < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+    check_counts(p, args, ("steps", "batch_size", "num_layers", "max_examples", "threads"))
     if args.max_length < 8:
         p.error("--max-length must be >= 8")
     return args

@@ -1,5 +1,6 @@
 """What every side-by-side benchmark and experiment shares: alternating timing, the measured
-matmul peak that MFU is quoted against, and a record of the machine and library versions.
+matmul peak that MFU is quoted against, a record of the machine and library versions, and
+the command-line checks and core pinning around them.
 
 PyTorch is imported only by :func:`matmul_peak` and when named to :func:`machine_info`, so
 jaxalign itself never needs it.
@@ -13,7 +14,7 @@ import platform
 import statistics
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,3 +93,33 @@ def machine_info(*modules: str) -> dict:
         info["torch_device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
         info["torch_threads"] = torch.get_num_threads()
     return info
+
+
+def check_counts(parser, args, names: Sequence[str]) -> None:
+    """``parser.error`` for any of the ``names`` options that is set but below 1."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+
+
+def check_threads(parser, threads: int | None) -> None:
+    """``parser.error`` when ``--threads`` asks for more cores than this process may use."""
+    if threads is not None and threads > len(os.sched_getaffinity(0)):
+        parser.error(f"--threads {threads}: only {len(os.sched_getaffinity(0))} cores are available")
+
+
+def pin_cores(threads: int | None) -> None:
+    """Pins the process to its first ``threads`` cores; call before JAX or PyTorch start their
+    thread pools (XLA sizes its pool from the affinity mask). ``None``: every core."""
+    if threads is not None:
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:threads])
+
+
+def machine_summary(machine: dict) -> str:
+    """One line of a :func:`machine_info` record whose load average was replaced by
+    ``{"before": ..., "after": ...}``: threads, devices, load and cores."""
+    load = machine["load_average_1_5_15min"]
+    return (f"torch threads {machine['torch_threads']}; jax devices {', '.join(machine['jax_devices'])}; "
+            f"1-min load average {load['before'][0]:.1f} before, {load['after'][0]:.1f} after, "
+            f"on {machine['cpu_count']} cores")
