@@ -207,15 +207,28 @@ def _paired_parts(row: dict, fail) -> tuple[Text, Text, Text]:
     return prompt, chosen, rejected
 
 
+def _require(row: dict, keys: Sequence[str], kind: str, fail) -> None:
+    missing = [k for k in keys if k not in row]
+    if missing:
+        fail(f"missing {' and '.join(repr(m) for m in missing)}; expected {EXPECTED[kind]}")
+
+
+def _prompt_completion(row: dict, fail) -> tuple[Text, Text]:
+    """A row's ``prompt`` and ``completion``, both text or both messages."""
+    prompt = _check_text(row["prompt"], "prompt", fail)
+    completion = _check_text(row["completion"], "completion", fail)
+    if isinstance(prompt, list) != isinstance(completion, list):
+        fail("'prompt' and 'completion' must both be strings or both be message lists")
+    return prompt, completion
+
+
 def _parse_row(row: Any, kind: str, source: str, fail) -> list[PreferenceRecord]:
     if not isinstance(row, dict):
         fail(f"expected a JSON object with {EXPECTED[kind]}, got {type(row).__name__}")
     row = {k: v for k, v in row.items() if v is not None}
     paired = "chosen" in row and "rejected" in row
     if kind == "paired":
-        missing = [k for k in ("chosen", "rejected") if k not in row]
-        if missing:
-            fail(f"missing {' and '.join(repr(m) for m in missing)}; expected {EXPECTED[kind]}")
+        _require(row, ("chosen", "rejected"), kind, fail)
         prompt, chosen, rejected = _paired_parts(row, fail)
         return [PreferenceRecord("paired", prompt, chosen=chosen, rejected=rejected, source=source)]
     if kind == "unpaired":
@@ -223,13 +236,8 @@ def _parse_row(row: Any, kind: str, source: str, fail) -> list[PreferenceRecord]
             prompt, chosen, rejected = _paired_parts(row, fail)
             return [PreferenceRecord("unpaired", prompt, completion=chosen, label=True, source=source),
                     PreferenceRecord("unpaired", prompt, completion=rejected, label=False, source=source)]
-        missing = [k for k in ("prompt", "completion", "label") if k not in row]
-        if missing:
-            fail(f"missing {' and '.join(repr(m) for m in missing)}; expected {EXPECTED[kind]}")
-        prompt = _check_text(row["prompt"], "prompt", fail)
-        completion = _check_text(row["completion"], "completion", fail)
-        if isinstance(prompt, list) != isinstance(completion, list):
-            fail("'prompt' and 'completion' must both be strings or both be message lists")
+        _require(row, ("prompt", "completion", "label"), kind, fail)
+        prompt, completion = _prompt_completion(row, fail)
         label = row["label"]
         if isinstance(label, (int, np.integer)) and not isinstance(label, bool) and label in (0, 1):
             label = bool(label)
@@ -242,9 +250,7 @@ def _parse_row(row: Any, kind: str, source: str, fail) -> list[PreferenceRecord]
     if paired:
         prompt, _, rejected = _paired_parts(row, fail)
     else:
-        missing = [k for k in ("prompt", "rejected") if k not in row]
-        if missing:
-            fail(f"missing {' and '.join(repr(m) for m in missing)}; expected {EXPECTED[kind]}")
+        _require(row, ("prompt", "rejected"), kind, fail)
         prompt = _check_text(row["prompt"], "prompt", fail)
         rejected = _check_text(row["rejected"], "rejected", fail)
     samples = _samples(row, fail)
@@ -277,13 +283,8 @@ def _sft_records(row: dict, paired: bool, source: str, fail) -> list[PreferenceR
         if any(isinstance(c, list) != isinstance(prompt, list) for c in samples):
             fail("'prompt' and 'samples' must all be strings or all be message lists")
         return [PreferenceRecord("sft", prompt, completion=c, source=source) for c in samples]
-    missing = [k for k in ("prompt", "completion") if k not in row]
-    if missing:
-        fail(f"missing {' and '.join(repr(m) for m in missing)}; expected {EXPECTED['sft']}")
-    prompt = _check_text(row["prompt"], "prompt", fail)
-    completion = _check_text(row["completion"], "completion", fail)
-    if isinstance(prompt, list) != isinstance(completion, list):
-        fail("'prompt' and 'completion' must both be strings or both be message lists")
+    _require(row, ("prompt", "completion"), "sft", fail)
+    prompt, completion = _prompt_completion(row, fail)
     return [PreferenceRecord("sft", prompt, completion=completion, source=source)]
 
 
