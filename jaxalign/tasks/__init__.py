@@ -39,8 +39,6 @@ class Task(Protocol):
     tracked_axes: dict
     stream: BatchStream
     eval_metric: str | None  # key of ``evaluate``'s result that selects the best checkpoint (higher = better)
-    # ``(tracked, params, steps_done) -> tracked``, traced inside the step; None: nothing tracked
-    update_tracked: Callable[[dict, Any, jax.Array], dict] | None
 
     def batch_axes(self) -> dict[str, LogicalAxes]:
         """Logical axes of every array ``next_batch`` returns."""
@@ -53,6 +51,10 @@ class Task(Protocol):
 
     def evaluate(self, params) -> dict[str, float]:
         """Held-out metrics of ``params`` (empty when no evaluation data is configured)."""
+
+    def update_tracked(self, tracked: dict, params, steps_done: jax.Array) -> dict:
+        """The next ``tracked`` from the updated parameters, traced inside the step; called only
+        when ``tracked`` is not empty (a task that tracks nothing need not define it)."""
 
     def export(self, params, directory: str) -> None:
         """Writes the trained model in its ecosystem's format (Hugging Face checkpoint)."""

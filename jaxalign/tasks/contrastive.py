@@ -40,7 +40,6 @@ class ContrastiveTask:
     frozen_axes: dict = dataclasses.field(default_factory=dict)
     tracked: dict = dataclasses.field(default_factory=dict)
     tracked_axes: dict = dataclasses.field(default_factory=dict)
-    update_tracked = None
     eval_metric: str = "eval/sts"
 
     @classmethod

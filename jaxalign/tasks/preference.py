@@ -338,8 +338,6 @@ class PreferenceTask:
     def update_tracked(self, tracked: dict, params: dict, steps_done: jax.Array) -> dict:
         """TR-DPO: ``ref <- α · policy + (1 - α) · ref`` after every ``ref_model_sync_steps``
         optimiser updates (TRL's ``SyncRefModelCallback``)."""
-        if not tracked:
-            return tracked
         obj = self.cfg.objective
         alpha = obj.ref_model_mixup_alpha
         period = obj.ref_model_sync_steps * self.cfg.optim.grad_accum

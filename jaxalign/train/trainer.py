@@ -88,7 +88,8 @@ class Run:
 
     def step_fn(self):
         step = make_step(self.optimizer, value_and_grad=self.task.value_and_grad(), schedule=self.schedule,
-                         grad_accum=self.cfg.optim.grad_accum, update_tracked=self.task.update_tracked)
+                         grad_accum=self.cfg.optim.grad_accum,
+                         update_tracked=self.task.update_tracked if self.task.tracked else None)
         return jit_step(step, self.state_shardings, self.batch_shardings, self.frozen_shardings)
 
     def next_batch(self) -> dict:
