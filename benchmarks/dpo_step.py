@@ -90,7 +90,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 from jaxalign.benchmarking import (  # noqa: E402
-    check_counts, check_threads, interleave, machine_info, machine_summary, matmul_peak, pin_cores)
+    PhaseTimer, check_counts, check_threads, interleave, machine_info, machine_summary, matmul_peak, pin_cores)
 DATA = Path(os.environ.get("JAXALIGN_DATA", REPO.parent / "shared" / "data"))
 HH = DATA / "hh-rlhf" / "helpful-base" / "test.jsonl.gz"
 LN2 = math.log(2.0)
@@ -447,14 +447,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             jax.config.update("jax_default_matmul_precision", "tensorfloat32")
             torch.set_float32_matmul_precision("high")
     torch.manual_seed(0)
-    phases: dict[str, float] = {}
-    mark = time.perf_counter()
-
-    def phase(name: str) -> None:
-        nonlocal mark
-        now = time.perf_counter()
-        phases[name] = now - mark
-        mark = now
+    phase = PhaseTimer()
 
     with tempfile.TemporaryDirectory(prefix="dpo_step_") as tmp:
         workdir = Path(tmp)
@@ -550,7 +543,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ratio_jaxalign_over_trl": (impls["jaxalign"]["tokens_per_s"] / impls["trl"]["tokens_per_s"]
                                     if len(impls) == 2 else None),
         "parity": parity,
-        "phase_s": phases,
+        "phase_s": phase.seconds,
         "max_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,  # the whole process, both sides
         "wall_s": time.perf_counter() - t_start,
     }
@@ -559,7 +552,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.json.write_text(json.dumps(results, indent=2) + "\n")
     console.print(f"peak resident memory of this process: {results['max_rss_gb']:.1f} GB")
     console.print(f"results written to {args.json} ({results['wall_s']:.0f} s in all: "
-                  + ", ".join(f"{k} {v:.0f}" for k, v in phases.items()) + ")")
+                  + ", ".join(f"{k} {v:.0f}" for k, v in phase.seconds.items()) + ")")
     if parity is not None and not parity["ok"]:
         console.print("[bold red]parity check failed[/]: the two steps do not compute the same thing")
         return 1

@@ -67,7 +67,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 from jaxalign.benchmarking import (  # noqa: E402
-    check_counts, check_threads, interleave, machine_info, machine_summary, matmul_peak, pin_cores)
+    PhaseTimer, check_counts, check_threads, interleave, machine_info, machine_summary, matmul_peak, pin_cores)
 DATA = Path(os.environ.get("JAXALIGN_DATA", REPO.parent / "shared" / "data"))
 WIKI = DATA / "wiki" / "wiki1m_for_simcse.head.txt"
 MODEL = "all-MiniLM-L6-v2"
@@ -334,14 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from transformers.utils import logging as transformers_logging
 
     console = Console(width=None if sys.stdout.isatty() else 130)
-    phases: dict[str, float] = {}
-    mark = time.perf_counter()
-
-    def phase(name: str) -> None:
-        nonlocal mark
-        now = time.perf_counter()
-        phases[name] = now - mark
-        mark = now
+    phase = PhaseTimer()
 
     transformers_logging.disable_progress_bar()
     if args.threads is not None:
@@ -445,14 +438,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ratio_jaxalign_over_pytorch": impls["jaxalign"]["examples_per_s"] / impls["pytorch"]["examples_per_s"],
         "parity": parity,
         "breakdown": breakdown,
-        "phase_s": phases,
+        "phase_s": phase.seconds,
         "wall_s": time.perf_counter() - t_start,
     }
     render(console, results)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2) + "\n")
     console.print(f"results written to {args.json} ({results['wall_s']:.0f} s in all: "
-                  + ", ".join(f"{k} {v:.0f}" for k, v in phases.items()) + ")")
+                  + ", ".join(f"{k} {v:.0f}" for k, v in phase.seconds.items()) + ")")
     if not parity["ok"]:
         console.print(f"[bold red]parity check failed[/]: the no-dropout losses differ by "
                       f"{parity['relative_difference']:.1e} > {PARITY_RTOL}; the two steps do not compute the same thing")

@@ -95,6 +95,20 @@ def machine_info(*modules: str) -> dict:
     return info
 
 
+class PhaseTimer:
+    """Wall seconds of a script's consecutive phases: ``phase("model")`` ends the phase named
+    ``model`` (begun at the previous call, or at construction); ``seconds`` holds them in order."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._mark = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = now - self._mark
+        self._mark = now
+
+
 def check_counts(parser, args, names: Sequence[str]) -> None:
     """``parser.error`` for any of the ``names`` options that is set but below 1."""
     for name in names:
