@@ -246,6 +246,11 @@ def test_unpaired_rows_and_paired_rows_unpaired(tok, tmp_path):
         [(r["chosen"], True) for r in STANDARD] + [(r["rejected"], False) for r in STANDARD])  # TRL's order
     with pytest.raises(ValueError, match="need >= 2 examples"):
         collate_preference(tp.examples[:1], buckets=BUCKETS, max_length=64, pad_id=tp.pad_id)
+    # Per-process slices of a global batch: the same bucket and KL roll as the one-process batch.
+    parts = [collate_preference(tp.examples[:4], buckets=BUCKETS, max_length=64, pad_id=tp.pad_id,
+                                local=slice(2 * i, 2 * i + 2)) for i in range(2)]
+    for key in batch:
+        np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), batch[key])
 
 
 def test_negatives_rows(tok, tmp_path):

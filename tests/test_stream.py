@@ -1,10 +1,11 @@
 """Data streams: deterministic by seed, resumable from two integers, split across processes."""
 
+import numpy as np
 import pytest
 
 from jaxalign.data.corpora import read_corpus
 from jaxalign.data.errors import DataFormatError
-from jaxalign.data.stream import BatchStream, StreamState
+from jaxalign.data.stream import BatchStream, StreamState, Tokenized, collate
 
 
 def test_deterministic_and_resumable():
@@ -25,8 +26,30 @@ def test_deterministic_and_resumable():
 def test_processes_take_disjoint_slices_of_the_global_batch():
     examples = list(range(40))
     whole = BatchStream(examples, 8, seed=1, process_index=0, process_count=1).next()
-    parts = [BatchStream(examples, 8, seed=1, process_index=i, process_count=4).next() for i in range(4)]
-    assert sum(parts, []) == whole
+    streams = [BatchStream(examples, 8, seed=1, process_index=i, process_count=4) for i in range(4)]
+    batches = [s.next() for s in streams]
+    assert all(b == whole for b in batches)  # every process draws the same global batch ...
+    assert sum((b[s.local] for b, s in zip(batches, streams)), []) == whole  # ... and takes its own rows
+
+
+class _Tokenizer:
+    pad_token_id = 0
+
+    def __call__(self, texts, **_):
+        return {"input_ids": [[1] * len(t.split()) for t in texts]}
+
+
+def test_collate_buckets_from_the_global_batch():
+    """Process 1's rows are short, process 0's long: both must pad to the global bucket (one
+    program on every process), and their slices together are the one-process batch."""
+    examples = [("w " * 20,), ("w " * 3,), ("w",), ("w w",)]
+    tokens = Tokenized(_Tokenizer(), examples, 1, max_length=64)
+    whole = collate(tokens, examples, 1, (8, 16, 32), 64)
+    parts = [collate(tokens, examples, 1, (8, 16, 32), 64, local=slice(2 * i, 2 * i + 2)) for i in range(2)]
+    assert whole["input_ids"].shape == (1, 4, 32)
+    assert all(p["input_ids"].shape == (1, 2, 32) for p in parts)
+    for key in whole:
+        np.testing.assert_array_equal(np.concatenate([p[key] for p in parts], axis=1), whole[key])
 
 
 def test_bad_corpora(tmp_path):

@@ -519,8 +519,9 @@ class TokenizedPreference:
     def __len__(self) -> int:
         return len(self.examples)
 
-    def collate(self, examples: Sequence[PreferenceExample], buckets: Sequence[int]) -> dict:
-        return collate_preference(examples, buckets=buckets, max_length=self.max_length, pad_id=self.pad_id)
+    def collate(self, examples: Sequence[PreferenceExample], buckets: Sequence[int], local: slice = slice(None)) -> dict:
+        return collate_preference(examples, buckets=buckets, max_length=self.max_length, pad_id=self.pad_id,
+                                  local=local)
 
 
 def _hh_messages(prompt: str) -> list[dict] | None:
@@ -768,13 +769,15 @@ def _pad_id(tokenizer) -> int:
 
 
 def collate_preference(examples: Sequence[PreferenceExample], *, buckets: Sequence[int], max_length: int,
-                       pad_id: int) -> dict[str, np.ndarray]:
-    """Examples -> NumPy arrays of static, bucketed shape (this process's slice of the batch).
+                       pad_id: int, local: slice = slice(None)) -> dict[str, np.ndarray]:
+    """A global batch -> NumPy arrays of static, bucketed shape for the rows ``local`` selects
+    (this process's slice; default: all). Everything static is decided from the whole global
+    batch, so every process builds the same shapes and the same KL completions.
 
     * ``input_ids`` int32 ``[B, C, T]``: prompt + completion of each column, right-padded
       with ``pad_id``. Paired: C = 2 (chosen, rejected). SFT: C = 1. Negatives: C = 1 + K (rejected,
       sample 1..K). Unpaired (KTO): C = 2 (completion, KL completion), where the KL
-      completion of example ``i`` is the completion of example ``i - 1`` of this batch
+      completion of example ``i`` is the completion of example ``i - 1`` of the global batch
       (``(i - 1) mod B``: a roll by one, exactly TRL's ``KL_completion_ids``) after example
       ``i``'s own prompt, cut on the right to ``max_length``; plus ``label`` bool ``[B]``.
     * ``attention_mask`` int32 ``[B, C, T]``: 1 on real tokens (the pad id may equal EOS).
@@ -784,7 +787,7 @@ def collate_preference(examples: Sequence[PreferenceExample], *, buckets: Sequen
       shift the logits by one (or the mask by one, to index logits). Every prompt has at
       least one token, so ``loss_mask[..., 0] == 0``.
 
-    ``T = bucket_length(longest sequence, buckets, max_length)``, so a step compiles once
+    ``T = bucket_length(longest sequence of the global batch, buckets, max_length)``, so a step compiles once
     per bucket. Batch first: shard axis 0 and reshape to ``[B * C, T]`` for one forward of
     every column together.
     """
@@ -796,7 +799,7 @@ def collate_preference(examples: Sequence[PreferenceExample], *, buckets: Sequen
     B = len(examples)
     if unpaired:
         if B < 2:
-            raise ValueError("unpaired (KTO) batches need >= 2 examples per process: the KL completion of each "
+            raise ValueError("unpaired (KTO) batches need >= 2 examples: the KL completion of each "
                              "example is another example's completion")
         columns = [[ex.completions[0], examples[i - 1].completions[0][: max_length - len(ex.prompt)]]
                    for i, ex in enumerate(examples)]
@@ -810,6 +813,8 @@ def collate_preference(examples: Sequence[PreferenceExample], *, buckets: Sequen
         raise ValueError(f"an example is {longest} tokens, longer than max_length={max_length}; tokenise with the "
                          "same max_length you collate with")
     T = bucket_length(longest, buckets, max_length)
+    examples, columns = examples[local], columns[local]
+    B = len(examples)
     input_ids = np.full((B, C, T), pad_id, np.int32)
     attention_mask = np.zeros((B, C, T), np.int32)
     loss_mask = np.zeros((B, C, T), np.int32)

@@ -2,9 +2,11 @@
 
 The order of epoch ``e`` is a permutation seeded by ``(seed, e)``, so the stream's whole
 state is two integers, ``(epoch, position)``, saved with every checkpoint: a resumed run
-sees exactly the batches an uninterrupted one would. Each process takes its contiguous
-slice of every global batch (``process_index`` of ``process_count``), so the same code
-feeds one host or many; :func:`to_global` assembles the slices into global arrays.
+sees exactly the batches an uninterrupted one would, on any number of processes. Every
+process draws the same *global* batch and decides everything static from it (the padded
+length bucket, so that all processes compile one program), then builds arrays only for its
+contiguous slice of the rows (``process_index`` of ``process_count``, :attr:`BatchStream.local`);
+:func:`to_global` assembles the slices into global arrays.
 """
 
 from __future__ import annotations
@@ -54,15 +56,19 @@ class BatchStream:
             self._order_epoch = epoch
         return self._order
 
+    @property
+    def local(self) -> slice:
+        """This process's rows of every global batch."""
+        n = self.batch_size // self.process_count
+        return slice(self.process_index * n, (self.process_index + 1) * n)
+
     def next(self) -> list:
-        """This process's examples of the next global batch."""
+        """The examples of the next global batch (the same on every process)."""
         if self.state.position + self.batch_size > len(self.examples):
             self.state = StreamState(self.state.epoch + 1, 0)
         order = self._permutation(self.state.epoch)
         rows = order[self.state.position : self.state.position + self.batch_size]
         self.state = StreamState(self.state.epoch, self.state.position + self.batch_size)
-        local = self.batch_size // self.process_count
-        rows = rows[self.process_index * local : (self.process_index + 1) * local]
         return [self.examples[i] for i in rows]
 
 
@@ -87,16 +93,18 @@ class Tokenized:
 
 
 def collate(tokens: Tokenized, examples: Sequence[tuple], text_columns: int, buckets: Sequence[int], max_length: int,
-            numeric: Sequence[str] = ()) -> dict:
-    """Examples -> ``{"input_ids": [C, B, T], "attention_mask": [C, B, T], <numeric name>: [B], ...}``.
+            numeric: Sequence[str] = (), local: slice = slice(None)) -> dict:
+    """Global batch -> this process's ``{"input_ids": [C, B, T], "attention_mask": [C, B, T],
+    <numeric name>: [B], ...}`` (``B`` the rows ``local`` selects; default: all).
 
-    All C text columns share one bucket length T (the longest in the batch, rounded up), so a
-    step compiles once per bucket. The columns after the text ones (pair scores, teacher
-    scores) become float32 arrays named by ``numeric``.
+    All C text columns share one bucket length T, the longest of the *global* batch rounded
+    up, so a step compiles once per bucket and every process the same program. The columns
+    after the text ones (pair scores, teacher scores) become float32 arrays named by ``numeric``.
     """
-    columns = [[ex[c] for ex in examples] for c in range(text_columns)]
-    longest = max(len(tokens.ids[t]) for col in columns for t in col)
+    longest = max(len(tokens.ids[ex[c]]) for ex in examples for c in range(text_columns))
     length = bucket_length(longest, buckets, max_length)
+    examples = examples[local]
+    columns = [[ex[c] for ex in examples] for c in range(text_columns)]
     padded = [tokens.pad(col, length) for col in columns]
     batch = {"input_ids": np.stack([p[0] for p in padded]), "attention_mask": np.stack([p[1] for p in padded])}
     for i, name in enumerate(numeric):

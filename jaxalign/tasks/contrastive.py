@@ -73,7 +73,7 @@ class ContrastiveTask:
 
     def next_batch(self) -> dict:
         return collate(self.tokens, self.stream.next(), self.objective.text_columns, self.cfg.data.buckets,
-                       self.cfg.model.max_length, self.objective.numeric_columns)
+                       self.cfg.model.max_length, self.objective.numeric_columns, local=self.stream.local)
 
     def evaluate(self, params) -> dict[str, float]:
         score = self.evaluator(params["encoder"])

@@ -347,8 +347,8 @@ class PreferenceTask:
 
     def next_batch(self) -> dict:
         examples = self.stream.next()
-        batch = self.tokens.collate(examples, self.cfg.data.buckets)
-        rows = [ex.index for ex in examples]
+        batch = self.tokens.collate(examples, self.cfg.data.buckets, local=self.stream.local)
+        rows = [ex.index for ex in examples[self.stream.local]]
         if self.ref_logps is not None:
             batch["ref_logps"] = self.ref_logps[rows]
         if self.aligned_scores is not None:
@@ -462,8 +462,8 @@ def score_examples(task: PreferenceTask, model_params: dict, examples: list, *, 
     for start in tqdm(range(0, len(examples), size), desc=desc, unit="batch", disable=len(examples) <= size):
         chunk = list(examples[start:start + size])
         chunk += [chunk[-1]] * (size - len(chunk))
-        mine = chunk[jax.process_index() * local:(jax.process_index() + 1) * local]
-        batch = task.tokens.collate(mine, cfg.data.buckets)
+        mine = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
+        batch = task.tokens.collate(chunk, cfg.data.buckets, local=mine)
         batch = to_global({k: batch[k] for k in shardings}, shardings)
         with jax.set_mesh(task.mesh):
             logps = fn(model_params, batch)
