@@ -17,6 +17,37 @@ from pathlib import Path
 DTYPES = ("float32", "bfloat16")
 
 
+def _add_launch_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "multi-process runs (one process per host; default: the JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and "
+        "JAX_PROCESS_ID variables, else the cluster JAX detects: TPU VM slices, SLURM, Open MPI, Kubernetes)")
+    g.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                   help="process 0's address, the same on every process (JAX_COORDINATOR_ADDRESS)")
+    g.add_argument("--num-processes", type=int, default=None, help="processes in the run (JAX_NUM_PROCESSES)")
+    g.add_argument("--process-id", type=int, default=None, help="this process's index, 0-based (JAX_PROCESS_ID)")
+    g.add_argument("--init-timeout", type=int, default=300,
+                   help="seconds to wait for every process to join. Default: %(default)s")
+    g.add_argument("--heartbeat-timeout", type=int, default=100,
+                   help="seconds of silence after which a process counts as dead and the others stop with an error. "
+                        "Default: %(default)s")
+
+
+def _join(args) -> None:
+    """Joins the multi-process run the flags or the environment describe, before any device is used."""
+    from jaxalign import distributed
+
+    distributed.initialize(distributed.LaunchConfig.from_env(
+        coordinator=args.coordinator, num_processes=args.num_processes, process_id=args.process_id,
+        init_timeout=args.init_timeout, heartbeat_timeout=args.heartbeat_timeout))
+
+
+def _main_process() -> bool:
+    """Whether this process prints results and writes output files (process 0 of a run)."""
+    import jax
+
+    return jax.process_index() == 0
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", default="all-MiniLM-L6-v2",
@@ -70,6 +101,8 @@ def cmd_embed(args) -> int:
     start = time.perf_counter()
     emb = embedder(sentences, progress=True)
     elapsed = time.perf_counter() - start
+    if not _main_process():
+        return 0
     np.save(args.output, emb)
     print(f"embedded {len(sentences)} sentences -> {args.output} {emb.shape} in {elapsed:.1f}s "
           f"({len(sentences) / elapsed:.0f} sentences/s, includes compilation)")
@@ -94,6 +127,8 @@ def cmd_generate(args) -> int:
         from jaxalign.inference.generate import generate
 
         out = generate(decoder, None, args.prompt, chat=args.chat, **sampling)
+        if not _main_process():
+            return 0
         for prompt, text, finished in zip(args.prompt, out.texts, out.finished):
             print(f"### {prompt}\n{text}{'' if finished else ' [...]'}\n")
         return 0
@@ -103,6 +138,8 @@ def cmd_generate(args) -> int:
                            max_examples=args.max_examples, skip_examples=args.skip_examples,
                            max_prompt_length=args.max_prompt_length, chat_template=args.chat_template,
                            batch_size=args.batch_size, **sampling)
+    if not _main_process():
+        return 0
     print(f"wrote {n} records with {args.num_samples} samples each -> {args.output}")
     return 0
 
@@ -126,6 +163,8 @@ def cmd_eval_sts(args) -> int:
         embed = lambda s, raw=embed: apply_whitening(raw(s), mu, w)
         title += f", BERT-whitened (k={w.shape[1]}, fit on {len(corpus)} sentences)"
     results = evaluate_sts(embed, tasks)
+    if not _main_process():
+        return 0
     Console().print(render_table(results, title=title))
     if args.json:
         write_json(args.json, results, {"model": args.model, "dtype": args.dtype, "pooling": str(embedder.pooling),
@@ -140,12 +179,14 @@ def cmd_eval_preference(args) -> int:
     from jaxalign.eval.preference import evaluate_preference, render_table, write_json
     from jaxalign.sharding import MeshConfig
 
-    mesh = MeshConfig.parse(args.mesh).sizes() if args.mesh else (1, 1, 1)
+    mesh = MeshConfig.parse(args.mesh).sizes() if args.mesh else None
     summary = evaluate_preference(
         args.model, args.data, ref=args.ref, beta=args.beta, max_examples=args.max_examples,
         max_length=args.max_length, max_prompt_length=args.max_prompt_length,
         max_completion_length=args.max_completion_length, chat_template=args.chat_template,
         batch_size=args.batch_size, num_layers=args.num_layers, dtype=args.dtype, mesh=mesh)
+    if not _main_process():
+        return 0
     reward = f"beta (log pi - log pi_ref), ref {args.ref}" if args.ref else "beta log pi (reference-free: no --ref)"
     Console().print(render_table(summary, title=f"Preference, {args.model} on {args.data}: reward = {reward}"))
     if args.json:
@@ -170,7 +211,13 @@ def cmd_train(args) -> int:
     from jaxalign.train.trainer import train
 
     summary = train(cfg)
+    if not _main_process():
+        return 0
     console = Console()
+    if summary.get("stopped_by"):
+        where = (f"checkpoint at step {summary['steps']} in {cfg.checkpoint.dir}; run the same command to resume"
+                 if cfg.checkpoint.dir else "nothing saved (no checkpoint.dir)")
+        console.print(f"stopped by {summary['stopped_by']} after step {summary['steps']} of {cfg.steps}: {where}")
     evals = summary["eval"]
     if evals:
         first, last = min(evals), max(evals)
@@ -213,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="UTF-8 text file, one sentence per line")
     p.add_argument("--output", required=True, help="where to write the .npy embeddings")
     _add_model_args(p)
+    _add_launch_args(p)
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser(
@@ -243,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="sampling seed. Default: %(default)s")
     p.add_argument("--num-layers", type=int, default=None, help="keep only the first N layers (quick checks)")
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="compute dtype. Default: %(default)s")
+    _add_launch_args(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser(
@@ -258,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. optim.lr=1e-5")
     p.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
     p.add_argument("--json", default=None, help="write the run summary (losses, evaluations, throughput) here")
+    _add_launch_args(p)
     p.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("eval", help="evaluate a model", description="Evaluate a model on a benchmark family.")
@@ -279,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--whitening-dim", type=int, default=None,
                    help="k: keep the k highest-variance whitened dimensions (default: all)")
     _add_model_args(p)
+    _add_launch_args(p)
     p.set_defaults(func=cmd_eval_sts)
 
     p = ev_sub.add_parser(
@@ -307,23 +358,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-layers", type=int, default=None, help="keep only the first N layers (quick checks)")
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="compute dtype. Default: %(default)s")
     p.add_argument("--mesh", default=None, metavar="DATA,FSDP,TENSOR",
-                   help="shard over a device mesh, e.g. '2,2,2'. Default: one device")
+                   help="shard over a device mesh, e.g. '2,2,2'. Default: one device (all devices in a multi-process run)")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    _add_launch_args(p)
     p.set_defaults(func=cmd_eval_preference)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from jaxalign import distributed
+
     try:
+        _join(args)
+        distributed.configure_logging(logging.INFO if args.verbose else logging.WARNING)
         return args.func(args)
-    except (ValueError, FileNotFoundError, KeyError) as e:
+    except (ValueError, FileNotFoundError, KeyError, distributed.DistributedError) as e:
         # Our loaders raise ValueError subclasses (CheckpointError, DataFormatError, ...) whose
         # messages name the file, field and fix; a traceback adds nothing for the user.
         if args.verbose:
             raise
-        print(f"jaxalign: error: {e}", file=sys.stderr)
+        print(f"{distributed.process_prefix()}jaxalign: error: {e}", file=sys.stderr)
         return 2
 
 

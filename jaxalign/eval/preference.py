@@ -57,12 +57,16 @@ def evaluate_preference(
     batch_size: int = 8,
     num_layers: int | None = None,
     dtype: str = "float32",
-    mesh: tuple[int, int, int] = (1, 1, 1),
+    mesh: tuple[int, int, int] | None = None,
 ) -> dict:
     """Scores every usable pair of ``data`` under ``model`` (and ``ref``); returns TRL's metric
-    names over the whole set (see :func:`pair_summary`) plus ``pairs``, ``dropped`` and ``truncated``."""
+    names over the whole set (see :func:`pair_summary`) plus ``pairs``, ``dropped`` and ``truncated``.
+    ``mesh`` (data, fsdp, tensor) defaults to one device, or to every device of a multi-process
+    run (whose processes score their shares of each batch together)."""
     import jax
 
+    if mesh is None:
+        mesh = (-1, 1, 1) if jax.process_count() > 1 else (1, 1, 1)
     from jaxalign.models.decoders import load_decoder
     from jaxalign.sharding import MeshConfig, make_mesh
     from jaxalign.sharding.mesh import resolve_axis_sizes
@@ -82,6 +86,9 @@ def evaluate_preference(
     if chat_template is not None:  # free text (a Jinja template) does not survive key=value parsing
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, chat_template=chat_template))
     mesh = resolve_axis_sizes(MeshConfig(*mesh), jax.device_count()) if -1 in mesh else mesh
+    if jax.process_count() > 1 and int(np.prod(mesh)) != jax.device_count():
+        raise ValueError(f"mesh {tuple(mesh)}: a multi-process run scores over all {jax.device_count()} devices of "
+                         "its processes; use --mesh -1,1,1 (or sizes multiplying to that)")
     devices = jax.devices()[: int(np.prod(mesh))]
     task = PreferenceTask.build(cfg, make_mesh(cfg.mesh, devices))
     examples = task.tokens.examples

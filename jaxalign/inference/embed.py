@@ -3,6 +3,9 @@
 Sentences are tokenised once, sorted by length and cut into batches of exactly
 ``batch_size`` rows (the last one padded with empty rows) and one of a few bucket lengths,
 so the jitted forward sees a small, fixed set of shapes however many sentences come in.
+On a mesh spanning several processes, each process holds every sentence; the batches are
+placed as global arrays (each process supplying its devices' rows) and the embeddings
+gathered back, so every process returns the whole result.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
@@ -117,6 +121,9 @@ class Embedder:
         self.max_length = min(max_length or encoder.max_length, encoder.max_length)
         self.buckets = tuple(buckets)
         self.forward = jit_encode(encoder, self.pooling, mesh)
+        # Only a mesh over several processes needs explicit global arrays; jit places the rest.
+        multi = mesh is not None and jax.process_count() > 1
+        self._tokens = named_sharding(mesh, ("batch", "length")) if multi else None
 
     def batches(self, sentences: Sequence[str]) -> list[Batch]:
         return bucketed_batches(
@@ -132,11 +139,14 @@ class Embedder:
         batches = self.batches(sentences)
         results: list[tuple[np.ndarray, jax.Array]] = []
         # Dispatch everything before pulling results back, so host work overlaps device work.
-        for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
-            results.append((batch.index, self.forward(params, *batch.arrays)))
+        for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress or jax.process_index() > 0, leave=False):
+            arrays = batch.arrays
+            if self._tokens is not None:
+                arrays = [jax.make_array_from_callback(a.shape, self._tokens, lambda i, a=a: a[i]) for a in arrays]
+            results.append((batch.index, self.forward(params, *arrays)))
         out = None
         for index, emb in results:
-            emb = np.asarray(emb)
+            emb = np.asarray(multihost_utils.process_allgather(emb, tiled=True) if self._tokens is not None else emb)
             if out is None:
                 out = np.empty((len(sentences), emb.shape[1]), np.float32)
             out[index] = emb[: len(index)]

@@ -31,6 +31,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
+from jaxalign import distributed
 from jaxalign.data.preference import TokenizedPreference, load_preference, tokenize_preference
 from jaxalign.data.stream import BatchStream, to_global
 from jaxalign.eval.preference import completion_lengths, pair_summary
@@ -382,11 +383,12 @@ class PreferenceTask:
                 h.update(b"|" + c.tobytes())
         root = Path(cfg.checkpoint.dir).expanduser() if cfg.checkpoint.dir else Path.home() / ".cache" / "jaxalign"
         path = root / f"{tag}-{h.hexdigest()[:16]}.npy"
-        if path.is_file():
+        # Computing is collective (sharded scoring): read the cache only if every process has it.
+        if all(hit == "1" for hit in distributed.gather(f"cache {tag}", "1" if path.is_file() else "0")):
             log.info("%s from %s", tag, path)
             return np.load(path)
         out = compute()
-        if jax.process_index() == 0:
+        if distributed.is_main():
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp.npy")
             np.save(tmp, out)
@@ -459,7 +461,7 @@ def score_examples(task: PreferenceTask, model_params: dict, examples: list, *, 
     fn = jax.jit(lambda p, b: task.sequence_logps(p, b)[0])
     local = size // jax.process_count()
     rows = []
-    for start in tqdm(range(0, len(examples), size), desc=desc, unit="batch", disable=len(examples) <= size):
+    for start in tqdm(range(0, len(examples), size), desc=desc, unit="batch", disable=len(examples) <= size or jax.process_index() > 0):
         chunk = list(examples[start:start + size])
         chunk += [chunk[-1]] * (size - len(chunk))
         mine = slice(jax.process_index() * local, (jax.process_index() + 1) * local)

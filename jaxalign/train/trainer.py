@@ -9,8 +9,8 @@ checkpoints, resuming exactly where a previous run of the same directory stopped
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
-import os
 import time
 
 import jax
@@ -19,14 +19,17 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
+from jaxalign import distributed
+from jaxalign.config import to_dict
 from jaxalign.data.stream import to_global
-from jaxalign.sharding.mesh import check_batch_size, make_mesh
+from jaxalign.sharding.mesh import ShardingConfigError, check_batch_size, make_mesh
 from jaxalign.sharding.rules import named_sharding, tree_shardings
 from jaxalign.tasks import Task, build_task
 from jaxalign.train.checkpoint import Checkpointer
 from jaxalign.train.config import TrainConfig
 from jaxalign.train.metrics import MetricsWriter
 from jaxalign.train.optim import build_optimizer
+from jaxalign.train.preemption import StopRequests
 from jaxalign.train.step import TrainState, jit_step, make_step
 
 log = logging.getLogger(__name__)
@@ -36,13 +39,23 @@ class NonFiniteError(RuntimeError):
     """Training produced NaN/Inf in several consecutive steps."""
 
 
-def maybe_initialize_distributed() -> None:
-    """Joins a multi-process run when a coordinator is configured (``JAX_COORDINATOR_ADDRESS``,
-    with ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``) or on a multi-host TPU slice (whose VMs
-    list every worker in ``TPU_WORKER_HOSTNAMES``; JAX finds the rest itself); a no-op otherwise."""
-    multi_host_tpu = "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
-    if (os.environ.get("JAX_COORDINATOR_ADDRESS") or multi_host_tpu) and not jax.distributed.is_initialized():
-        jax.distributed.initialize()
+def check_same_config(cfg: TrainConfig) -> None:
+    """Every process must run the same recipe and overrides: refuse, naming the fields that
+    differ, before anything is loaded."""
+    mine = json.dumps(to_dict(cfg), sort_keys=True, default=str)
+
+    def describe(a: str, b: str) -> str:
+        flat = lambda d, p="": {k2: v2 for k, v in d.items()
+                                for k2, v2 in (flat(v, f"{p}{k}.").items() if isinstance(v, dict) else [(p + k, v)])}
+        x, y = flat(json.loads(a)), flat(json.loads(b))
+        diff = [f"{k}: {x.get(k)!r} here, {y.get(k)!r} there" for k in sorted(set(x) | set(y)) if x.get(k) != y.get(k)]
+        return "; ".join(diff) + ". Start every process with the same recipe and overrides"
+
+    distributed.agree("config", mine, describe=describe)
+
+
+def batch_signature(batch: dict) -> str:
+    return " ".join(f"{k}{list(v.shape)}:{v.dtype}" for k, v in sorted(batch.items()))
 
 
 @dataclasses.dataclass
@@ -61,6 +74,10 @@ class Run:
     @classmethod
     def build(cls, cfg: TrainConfig, devices=None) -> "Run":
         """``devices`` restricts the mesh to a subset (default: all devices)."""
+        if cfg.data.batch_size % jax.process_count():
+            raise ShardingConfigError(
+                f"data.batch_size={cfg.data.batch_size} is not divisible by the {jax.process_count()} processes; "
+                f"use a multiple of {jax.process_count()}")
         mesh = make_mesh(cfg.mesh, devices)
         check_batch_size(cfg.data.batch_size, mesh, "data.batch_size")
         task = build_task(cfg, mesh)
@@ -79,6 +96,9 @@ class Run:
         frozen_shardings = tree_shardings(mesh, task.frozen_axes, jax.eval_shape(lambda: task.frozen))
         return cls(cfg, mesh, task, optimizer, schedule, state_shardings, batch_shardings, frozen_shardings)
 
+    def __post_init__(self):
+        self._signatures: set[str] = set()
+
     def init_state(self) -> TrainState:
         # Tracked arrays start as copies: they may be the very arrays of params (TR-DPO's initial
         # reference is the initial policy), and the step donates the whole state.
@@ -92,8 +112,17 @@ class Run:
                          update_tracked=self.task.update_tracked if self.task.tracked else None)
         return jit_step(step, self.state_shardings, self.batch_shardings, self.frozen_shardings)
 
-    def next_batch(self) -> dict:
-        return to_global(self.task.next_batch(), self.batch_shardings)
+    def next_batch(self, step: int) -> dict:
+        """The next global batch on the mesh. The first time a batch shape is seen (a new length
+        bucket: a new compiled program), every process must see the same shape at the same step;
+        otherwise the run stops, naming the processes and shapes, instead of pairing different
+        programs' collectives."""
+        local = self.task.next_batch()
+        signature = batch_signature(local)
+        if signature not in self._signatures:
+            distributed.agree("batch shapes", f"step {step}: {signature}")
+            self._signatures.add(signature)
+        return to_global(local, self.batch_shardings)
 
 
 def train(cfg: TrainConfig, *, progress: bool = True, stop_at: int | None = None) -> dict:
@@ -103,10 +132,12 @@ def train(cfg: TrainConfig, *, progress: bool = True, stop_at: int | None = None
     time-sliced job would; running again with the same config resumes from there.
     """
     end = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
-    maybe_initialize_distributed()
+    distributed.initialize()
+    check_same_config(cfg)
+    progress = progress and distributed.is_main()
     run = Run.build(cfg)
     task = run.task
-    writer = MetricsWriter(cfg.log.dir if jax.process_index() == 0 else None, cfg.log.tensorboard)
+    writer = MetricsWriter(cfg.log.dir if distributed.is_main() else None, cfg.log.tensorboard)
     ckpt = Checkpointer(cfg.checkpoint) if cfg.checkpoint.dir else None
     state = run.init_state()
     start = 0
@@ -130,9 +161,10 @@ def train(cfg: TrainConfig, *, progress: bool = True, stop_at: int | None = None
         evaluate(0)
     bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
     examples_seen, t0, prev = 0, time.perf_counter(), None
+    stops = StopRequests.install()
     try:
         for step in range(start, end):
-            state, metrics = step_fn(state, run.next_batch(), task.frozen)
+            state, metrics = step_fn(state, run.next_batch(step), task.frozen)
             examples_seen += cfg.data.batch_size
             # Read the previous step's counters while this one runs: no stall of the pipeline.
             if prev is not None and int(prev["nonfinite"]) >= cfg.max_nonfinite:
@@ -151,10 +183,16 @@ def train(cfg: TrainConfig, *, progress: bool = True, stop_at: int | None = None
                 score = evaluate(done)
                 if ckpt is not None and score is not None:
                     ckpt.save_best(done, state, task.stream.state, score)
+            stop = stops.should_stop(done)
             if ckpt is not None:
-                ckpt.save(done, state, task.stream.state, force=done == end)
+                ckpt.save(done, state, task.stream.state, force=done == end or stop)
             bar.update(1)
+            if stop:
+                end = done
+                summary["stopped_by"] = stops.signal
+                break
     finally:
+        stops.restore()
         bar.close()
         writer.close()
         if ckpt is not None:
