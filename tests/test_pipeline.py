@@ -260,3 +260,22 @@ def test_batches_arrive_on_the_devices(minilm_tok, pairs, tmp_path):
         assert_same(jax.device_get(got), want)
     device.close()
     host.close()
+
+
+def test_training_streams_the_same_run_and_resumes_exactly(tmp_path):
+    """jaxalign train with data.pipeline=streaming: the memory path's losses, step for step,
+    also when stopped after 2 steps (an epoch: 2 batches of 16) and resumed (with read-ahead on)."""
+    from jaxalign.config import load_recipe
+    from jaxalign.train.config import TrainConfig
+    from jaxalign.train.trainer import train
+
+    common = ["model.num_layers=1", "model.max_length=16", "data.batch_size=16", "data.buckets=16",
+              "eval.data=null", "log.every=1", "steps=4", "checkpoint.every=2", "data.max_examples=40"]
+    config = lambda *o: load_recipe(TrainConfig, None, [*common, *o])
+    memory = train(config(f"checkpoint.dir={tmp_path / 'a'}"), progress=False)
+    streaming = ["data.pipeline=streaming", f"data.cache_dir={tmp_path / 'cache'}", "data.prefetch=2"]
+    first = train(config(*streaming, f"checkpoint.dir={tmp_path / 'b'}"), progress=False, stop_at=2)
+    resumed = train(config(*streaming, f"checkpoint.dir={tmp_path / 'b'}"), progress=False)
+    assert resumed["resumed_from"] == 2
+    assert [first["losses"][s] for s in (1, 2)] == [memory["losses"][s] for s in (1, 2)]
+    assert [resumed["losses"][s] for s in (3, 4)] == [memory["losses"][s] for s in (3, 4)]

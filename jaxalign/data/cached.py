@@ -72,6 +72,7 @@ def cache_contrastive(tokenizer, read, source: str | None, *, text_columns: int,
     """The contrastive examples ``read()`` returns (tuples of ``text_columns`` strings, then
     numbers), tokenised once. ``source`` identifies them without reading (see
     :func:`~jaxalign.data.token_cache.source_fingerprint`); None: they are read and hashed."""
+    read = functools.cache(read)
     key = token_cache.cache_key(kind="contrastive", tokenizer=token_cache.tokenizer_fingerprint(tokenizer),
                                 source=source or token_cache.content_fingerprint(read()),
                                 text_columns=text_columns, max_length=max_length)
@@ -102,6 +103,7 @@ def cache_preference(tokenizer, read, source: str | None, *, kind: str, max_leng
     ``num_samples`` left unset is resolved over all records first (the fewest samples any
     record has), so every chunk keeps the same columns. A chunk whose records are all dropped
     is an error, as the whole set would be for the in-memory path."""
+    read = functools.cache(read)
     probe = PreferenceTokenizer(tokenizer, max_length=max_length, **options)  # validates the options
     if kind == "negatives" and options.get("num_samples") is None:
         options["num_samples"] = min(len(r.samples) for r in read())

@@ -28,6 +28,7 @@ import jax
 import numpy as np
 
 from jaxalign.data.stream import StreamState, to_global
+from jaxalign.sharding.rules import named_sharding
 
 _END = 2**62  # batch numbers are unbounded: the training loop decides when to stop
 
@@ -168,3 +169,12 @@ class _Reader:
         self.stop.set()
         if self.thread is not None:
             self.thread.join(timeout=10)
+
+
+def streaming_pipeline(task, num_examples: int, make_batch: Callable[[np.ndarray, slice], dict]) -> Pipeline:
+    """The pipeline a task's ``data`` config asks for (``prefetch`` batches ahead, by as many
+    threads), placing its batches as the trainer shards them (the task's ``batch_axes``)."""
+    cfg = task.cfg
+    shardings = {k: named_sharding(task.mesh, axes) for k, axes in task.batch_axes().items()}
+    return Pipeline(num_examples, cfg.data.batch_size, make_batch, seed=cfg.seed, shuffle=cfg.data.shuffle,
+                    workers=cfg.data.prefetch, prefetch=cfg.data.prefetch, shardings=shardings)

@@ -62,6 +62,9 @@ class BatchStream:
         n = self.batch_size // self.process_count
         return slice(self.process_index * n, (self.process_index + 1) * n)
 
+    def close(self) -> None:
+        """Nothing to stop (the streaming pipeline's ``close`` stops its read-ahead)."""
+
     def next(self) -> list:
         """The examples of the next global batch (the same on every process)."""
         if self.state.position + self.batch_size > len(self.examples):
@@ -113,5 +116,7 @@ def collate(tokens: Tokenized, examples: Sequence[tuple], text_columns: int, buc
 
 
 def to_global(local: dict, shardings: dict) -> dict:
-    """Assembles per-process arrays into global jax.Arrays sharded by ``shardings``."""
-    return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in local.items()}
+    """Assembles per-process arrays into global jax.Arrays sharded by ``shardings``; arrays
+    already placed so (by the streaming pipeline's background transfer) pass through."""
+    placed = lambda k, v: isinstance(v, jax.Array) and v.sharding == shardings[k]
+    return {k: v if placed(k, v) else jax.make_array_from_process_local_data(shardings[k], v) for k, v in local.items()}

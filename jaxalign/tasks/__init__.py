@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import jax
 from jax.sharding import Mesh
 
+from jaxalign.data.pipeline import Pipeline
 from jaxalign.data.stream import BatchStream
 
 LogicalAxes = tuple[str | None, ...]
@@ -37,7 +38,7 @@ class Task(Protocol):
     frozen_axes: dict
     tracked: dict
     tracked_axes: dict
-    stream: BatchStream
+    stream: BatchStream | Pipeline  # its ``state`` is checkpointed; ``close()`` ends the run
     eval_metric: str | None  # key of ``evaluate``'s result that selects the best checkpoint (higher = better)
 
     def batch_axes(self) -> dict[str, LogicalAxes]:
@@ -47,7 +48,8 @@ class Task(Protocol):
         """``(params, batch, rng, frozen) -> ((loss, metrics), grads)``, traced inside the step."""
 
     def next_batch(self) -> dict:
-        """This process's slice of the next global batch, NumPy arrays of static bucketed shapes."""
+        """This process's slice of the next global batch, NumPy arrays of static bucketed shapes
+        (or, from the streaming pipeline, the global jax.Arrays already placed on the mesh)."""
 
     def evaluate(self, params) -> dict[str, float]:
         """Held-out metrics of ``params`` (empty when no evaluation data is configured)."""

@@ -14,8 +14,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxalign.data.cached import cache_contrastive
 from jaxalign.data.corpora import read_corpus
+from jaxalign.data.pipeline import Pipeline, streaming_pipeline
 from jaxalign.data.stream import BatchStream, Tokenized, collate
+from jaxalign.data.token_cache import source_fingerprint
 from jaxalign.data.sts import load_sts
 from jaxalign.eval.sts import evaluate_sts
 from jaxalign.inference.embed import Embedder
@@ -31,7 +34,7 @@ class ContrastiveTask:
     mesh: jax.sharding.Mesh
     encoder: Encoder
     objective: ContrastiveObjective
-    stream: BatchStream
+    stream: BatchStream | Pipeline
     tokens: Tokenized
     params: dict
     param_axes: dict
@@ -50,14 +53,27 @@ class ContrastiveTask:
         objective = ContrastiveObjective(cfg.objective, cfg.data.kind, encoder, pooling, dropout=cfg.model.dropout,
                                          num_shards=batch_parallel_size(mesh))
         objective.check_batch(cfg.data.batch_size)
-        examples = read_corpus(cfg.data.kind, cfg.data.path, cfg.data.max_examples)
-        if cfg.objective.name == "dse":
-            examples = with_teacher_scores(examples, cfg)
-        stream = BatchStream(examples, cfg.data.batch_size, seed=cfg.seed, shuffle=cfg.data.shuffle)
-        tokens = Tokenized(encoder.tokenizer, examples, objective.text_columns, cfg.model.max_length)
+
+        def read() -> list:
+            examples = read_corpus(cfg.data.kind, cfg.data.path, cfg.data.max_examples)
+            return with_teacher_scores(examples, cfg) if cfg.objective.name == "dse" else examples
+
         head, head_axes = objective.init_head(jax.random.PRNGKey(cfg.seed + 1))
-        task = cls(cfg, mesh, encoder, objective, stream, tokens, {"encoder": encoder.params, "head": head},
-                   {"encoder": encoder.axes, "head": head_axes})
+        params, axes = {"encoder": encoder.params, "head": head}, {"encoder": encoder.axes, "head": head_axes}
+        if cfg.data.pipeline == "streaming":
+            # DSE's teacher scores are computed, not read: such rows are identified by their content.
+            file = None if cfg.objective.name == "dse" else source_fingerprint(cfg.data.path)
+            tokens = cache_contrastive(encoder.tokenizer, read, file and [cfg.data.kind, cfg.data.max_examples, file],
+                                       text_columns=objective.text_columns, max_length=cfg.model.max_length,
+                                       cache_dir=cfg.data.cache_dir, workers=cfg.data.workers)
+            task = cls(cfg, mesh, encoder, objective, None, tokens, params, axes)
+            task.stream = streaming_pipeline(task, len(tokens), lambda rows, local: task.collate(tokens.examples(rows),
+                                                                                                local))
+        else:
+            examples = read()
+            stream = BatchStream(examples, cfg.data.batch_size, seed=cfg.seed, shuffle=cfg.data.shuffle)
+            tokens = Tokenized(encoder.tokenizer, examples, objective.text_columns, cfg.model.max_length)
+            task = cls(cfg, mesh, encoder, objective, stream, tokens, params, axes)
         task.evaluator = StsEvaluator(task)
         return task
 
@@ -71,9 +87,15 @@ class ContrastiveTask:
             return jax.value_and_grad(loss_fn(self.objective), has_aux=True)
         return cached_value_and_grad(self.objective, chunk)
 
+    def collate(self, examples: list, local: slice) -> dict:
+        """A global batch's examples -> this process's arrays (rows ``local``)."""
+        return collate(self.tokens, examples, self.objective.text_columns, self.cfg.data.buckets,
+                       self.cfg.model.max_length, self.objective.numeric_columns, local=local)
+
     def next_batch(self) -> dict:
-        return collate(self.tokens, self.stream.next(), self.objective.text_columns, self.cfg.data.buckets,
-                       self.cfg.model.max_length, self.objective.numeric_columns, local=self.stream.local)
+        if isinstance(self.stream, Pipeline):
+            return self.stream.next()
+        return self.collate(self.stream.next(), self.stream.local)
 
     def evaluate(self, params) -> dict[str, float]:
         score = self.evaluator(params["encoder"])

@@ -32,8 +32,11 @@ from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from jaxalign import distributed
+from jaxalign.data.cached import cache_preference, preference_examples
+from jaxalign.data.pipeline import Pipeline, streaming_pipeline
 from jaxalign.data.preference import TokenizedPreference, load_preference, tokenize_preference
 from jaxalign.data.stream import BatchStream, to_global
+from jaxalign.data.token_cache import source_fingerprint
 from jaxalign.eval.preference import completion_lengths, pair_summary
 from jaxalign.losses import preference as losses
 from jaxalign.models import lora as lora_lib
@@ -102,6 +105,11 @@ def check_objective(cfg: TrainConfig) -> None:
         if getattr(obj, field) and not wanted:
             raise ValueError(f"objective.{field} is read by {' and '.join(n for n, t in TEACHERS.items() if field in t)}"
                              f", not by objective.name={obj.name}")
+    precomputed = ("objective.name=poft" if obj.name == "poft" else "objective.reference=precomputed"
+                   if obj.reference == "precomputed" and needs_reference(cfg) else None)
+    if cfg.data.pipeline == "streaming" and precomputed:
+        raise ValueError(f"data.pipeline=streaming with {precomputed}: scores precomputed for every record need the "
+                         "whole data set in memory; use data.pipeline=memory")
     if obj.teacher_top_k is not None and obj.name != "dckd":
         raise ValueError(f"objective.teacher_top_k is DCKD's, not objective.name={obj.name}'s")
 
@@ -130,7 +138,7 @@ class PreferenceTask:
     mesh: jax.sharding.Mesh
     decoder: Decoder
     tokens: TokenizedPreference
-    stream: BatchStream
+    stream: BatchStream | Pipeline
     params: dict
     param_axes: dict
     frozen: dict
@@ -150,14 +158,21 @@ class PreferenceTask:
         dtype = jnp.bfloat16 if cfg.model.dtype == "bfloat16" else jnp.float32
         decoder = load_decoder(cfg.model.name, mesh=mesh, dtype=dtype, num_layers=cfg.model.num_layers,
                                remat=cfg.model.remat)
-        records = load_preference(cfg.data.path, DATA_KIND[cfg.data.kind], cfg.data.max_examples,
-                                  cfg.data.skip_examples)
-        tokens = tokenize_preference(decoder.tokenizer, records, max_length=cfg.model.max_length,
-                                     max_prompt_length=cfg.data.max_prompt_length,
-                                     max_completion_length=cfg.data.max_completion_length,
-                                     chat_template=cfg.data.chat_template,
-                                     num_samples=cfg.data.num_samples)
-        stream = BatchStream(tokens.examples, cfg.data.batch_size, seed=cfg.seed, shuffle=cfg.data.shuffle)
+        kind = DATA_KIND[cfg.data.kind]
+        read = lambda: load_preference(cfg.data.path, kind, cfg.data.max_examples, cfg.data.skip_examples)
+        options = dict(max_prompt_length=cfg.data.max_prompt_length, max_completion_length=cfg.data.max_completion_length,
+                       chat_template=cfg.data.chat_template, num_samples=cfg.data.num_samples)
+        if cfg.data.pipeline == "streaming":
+            file = source_fingerprint(cfg.data.path)
+            table, tokens = cache_preference(decoder.tokenizer, read,
+                                             file and [kind, cfg.data.max_examples, cfg.data.skip_examples, file],
+                                             kind=kind, max_length=cfg.model.max_length, cache_dir=cfg.data.cache_dir,
+                                             workers=cfg.data.workers, **options)
+            stream = None  # the pipeline, once the task that collates its batches exists
+        else:
+            records = read()
+            tokens = tokenize_preference(decoder.tokenizer, records, max_length=cfg.model.max_length, **options)
+            stream = BatchStream(tokens.examples, cfg.data.batch_size, seed=cfg.seed, shuffle=cfg.data.shuffle)
         reference = needs_reference(cfg)
         lora_modules = None
         if cfg.model.lora.rank:
@@ -195,6 +210,9 @@ class PreferenceTask:
             task.ref_logps = task.precompute_reference()
         if cfg.objective.name == "poft":
             task.aligned_scores = task.precompute_aligned(records)
+        if stream is None:
+            task.stream = streaming_pipeline(task, len(table), lambda rows, local: task.collate(
+                preference_examples(table, rows), local))
         task.evaluator = PreferenceEvaluator(task) if cfg.eval.data else None
         return task
 
@@ -346,15 +364,21 @@ class PreferenceTask:
                                        params["policy"])
         return {"reference": jax.lax.cond(steps_done % period == 0, mix, lambda ref: ref, tracked["reference"])}
 
-    def next_batch(self) -> dict:
-        examples = self.stream.next()
-        batch = self.tokens.collate(examples, self.cfg.data.buckets, local=self.stream.local)
-        rows = [ex.index for ex in examples[self.stream.local]]
+    def collate(self, examples: list, local: slice) -> dict:
+        """A global batch's examples -> this process's arrays (rows ``local``), with their
+        precomputed scores."""
+        batch = self.tokens.collate(examples, self.cfg.data.buckets, local=local)
+        rows = [ex.index for ex in examples[local]]
         if self.ref_logps is not None:
             batch["ref_logps"] = self.ref_logps[rows]
         if self.aligned_scores is not None:
             batch["aligned_scores"] = self.aligned_scores[rows]
         return batch
+
+    def next_batch(self) -> dict:
+        if isinstance(self.stream, Pipeline):
+            return self.stream.next()
+        return self.collate(self.stream.next(), self.stream.local)
 
     def evaluate(self, params) -> dict[str, float]:
         if self.evaluator is None:

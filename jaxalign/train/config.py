@@ -69,12 +69,22 @@ class DataConfig:
     # "auto": every record as a chat (HH transcripts split into turns); or a Jinja template.
     chat_template: str | None = None
     num_samples: int | None = None  # negatives (D2O): K self-generated samples per prompt (default: the fewest any record has)
+    # memory: read and tokenise everything in each process at start-up, collate in the loop;
+    # streaming: tokenise once into a memory-mapped cache (reused by later runs and every process
+    # of a host), batches prepared and placed on the devices ahead of the loop (not for PoFT or
+    # objective.reference=precomputed, which score every record up front)
+    pipeline: Literal["memory", "streaming"] = "memory"
+    cache_dir: str = "~/.cache/jaxalign/tokens"  # streaming: where token caches live (one directory per data/tokenizer/settings)
+    workers: int = 0  # streaming: processes tokenising a new cache; 0: this one (a fast tokenizer already uses every core)
+    prefetch: int = 2  # streaming: batches prepared (by as many threads) and placed on the devices ahead; 0: in the loop
 
     def __post_init__(self):
         _check(self.batch_size >= 2 or self.kind in PREFERENCE_DATA,
                f"data.batch_size={self.batch_size}: contrastive training needs >= 2")
         _check(self.batch_size >= 1, f"data.batch_size={self.batch_size}: must be >= 1")
         _check(self.skip_examples >= 0, f"data.skip_examples={self.skip_examples}: must be >= 0")
+        _check(self.workers >= 0, f"data.workers={self.workers}: must be >= 0")
+        _check(self.prefetch >= 0, f"data.prefetch={self.prefetch}: must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)

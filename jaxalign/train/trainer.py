@@ -195,6 +195,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, stop_at: int | None = None
         stops.restore()
         bar.close()
         writer.close()
+        task.stream.close()
         if ckpt is not None:
             ckpt.wait()
             ckpt.close()
