@@ -189,6 +189,30 @@ def test_a_killed_build_leaves_nothing_usable(tmp_path):
     assert json.loads((tmp_path / "k" / "meta.json").read_text())["rows"] == 30
 
 
+def test_processes_of_a_host_share_one_build(tmp_path):
+    """Concurrent openers (separate lock-file descriptions, as separate processes have): one
+    builds, the others wait on the lock and open its cache."""
+    import threading
+    import time
+
+    calls = []
+
+    def slow(start, part):
+        calls.append(start)
+        time.sleep(0.2)
+        return _chunk(start, part)
+
+    tables = []
+    openers = [threading.Thread(target=lambda: tables.append(token_cache.open_or_build(
+        tmp_path, "shared", lambda: list(range(20)), slow, columns=1, chunk_size=10))) for _ in range(3)]
+    for t in openers:
+        t.start()
+    for t in openers:
+        t.join()
+    assert calls == [0, 10] and len(tables) == 3
+    assert all(np.array_equal(t.tokens, tables[0].tokens) for t in tables)
+
+
 def test_resume_after_k_consumed_batches_with_read_ahead(minilm_tok, pairs, tmp_path):
     """The state is the consumed batches', not the read-ahead's: restored, the next batch is
     the one an uninterrupted run would see (here from mid-epoch and across the boundary)."""
