@@ -252,7 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="JAX/Flax training and evaluation for alignment objectives. "
                     "Run `jaxalign COMMAND --help` for each command's options.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log loading details")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log loading details, and show the traceback of an error instead of its one-line message")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("embed", help="embed sentences (one per line) into a .npy matrix",
@@ -365,6 +366,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _diverged(error: BaseException) -> bool:
+    """Whether ``error`` is the trainer's NonFiniteError, whose message already says what to
+    change. Looked up rather than imported: only a run that loaded the trainer can raise it, and
+    the other commands need not import it."""
+    trainer = sys.modules.get("jaxalign.train.trainer")
+    return trainer is not None and isinstance(error, trainer.NonFiniteError)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from jaxalign import distributed
@@ -373,13 +382,19 @@ def main(argv: list[str] | None = None) -> int:
         _join(args)
         distributed.configure_logging(logging.INFO if args.verbose else logging.WARNING)
         return args.func(args)
-    except (ValueError, FileNotFoundError, KeyError, distributed.DistributedError) as e:
-        # Our loaders raise ValueError subclasses (CheckpointError, DataFormatError, ...) whose
-        # messages name the file, field and fix; a traceback adds nothing for the user.
+    except (ValueError, FileNotFoundError, distributed.DistributedError) as e:
+        # Our loaders raise ValueError subclasses (ConfigError, DataFormatError, CheckpointError,
+        # ResumeError, ...) whose messages name the file, field and fix; a traceback adds nothing
+        # for the user. Anything else (a KeyError, a TypeError) is a bug and keeps its traceback.
         if args.verbose:
             raise
         print(f"{distributed.process_prefix()}jaxalign: error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:
+        if args.verbose or not _diverged(e):
+            raise
+        print(f"{distributed.process_prefix()}jaxalign: training stopped: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ from typing import Any, Literal, Union
 
 import numpy as np
 
-from jaxalign.data.errors import DataFormatError
+from jaxalign.data.errors import DataFormatError, decode_utf8
 from jaxalign.inference.embed import bucket_length
 
 log = logging.getLogger(__name__)
@@ -293,15 +293,20 @@ def _sft_records(row: dict, paired: bool, source: str, fail) -> list[PreferenceR
 # --------------------------------------------------------------------------------------------
 
 
-def _open_text(path: Path):
+def _open_bytes(path: Path):
+    """The file's (decompressed) bytes: decoded here, line by line, so that a binary or
+    non-UTF-8 file fails naming the line and byte offset (:func:`decode_utf8`)."""
     if path.name.endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8")
-    return path.open(encoding="utf-8")
+        return gzip.open(path, "rb")
+    return path.open("rb")
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any, bool]]:
-    with _open_text(path) as f:
-        for line_no, line in enumerate(f, 1):
+    with _open_bytes(path) as f:
+        offset = 0
+        for line_no, raw in enumerate(f, 1):
+            line = decode_utf8(raw, path, line_no, offset)
+            offset += len(raw)
             if not line.strip():
                 continue
             try:
@@ -313,8 +318,8 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any, bool]]:
 
 def _json_rows(path: Path) -> Iterator[tuple[int, Any, bool]]:
     """A JSON array of records (``{"data": [...]}`` too), or JSON lines under a .json name."""
-    with _open_text(path) as f:
-        text = f.read()
+    with _open_bytes(path) as f:
+        text = decode_utf8(f.read(), path)
     try:
         data = json.loads(text)
     except json.JSONDecodeError:

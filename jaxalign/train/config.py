@@ -85,6 +85,8 @@ class DataConfig:
         _check(self.skip_examples >= 0, f"data.skip_examples={self.skip_examples}: must be >= 0")
         _check(self.workers >= 0, f"data.workers={self.workers}: must be >= 0")
         _check(self.prefetch >= 0, f"data.prefetch={self.prefetch}: must be >= 0")
+        _check(self.max_examples is None or self.max_examples >= 1,
+               f"data.max_examples={self.max_examples}: must be >= 1, or null for all")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,6 +190,17 @@ class CheckpointConfig:
     keep_best: int = 1  # best-scoring checkpoints kept in <dir>/best (by the evaluation)
     async_save: bool = True  # write in the background while training continues
     resume: bool = True  # continue from the newest complete checkpoint in dir, if any
+    # with resume=false: delete an earlier run's checkpoints in dir (and its log.dir/metrics.jsonl)
+    # and start over; without it a run refuses a non-empty dir rather than mixing with that run
+    overwrite: bool = False
+
+    def __post_init__(self):
+        for name in ("every", "keep_last", "keep_best"):
+            value = getattr(self, name)
+            _check(value >= 1, f"checkpoint.{name}={value}: must be >= 1")
+        _check(not (self.overwrite and self.resume),
+               "checkpoint.overwrite=true deletes the run in checkpoint.dir, checkpoint.resume=true continues it: "
+               "set checkpoint.resume=false to start over")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,12 +215,20 @@ class EvalConfig:
     max_examples: int | None = None  # preference: evaluate on n pairs ...
     skip_examples: int = 0  # ... after the first skip_examples rows (held out from a file training also reads)
 
+    def __post_init__(self):
+        _check(self.every >= 1, f"eval.every={self.every}: must be >= 1")
+        _check(self.max_examples is None or self.max_examples >= 1,
+               f"eval.max_examples={self.max_examples}: must be >= 1, or null for all")
+
 
 @dataclasses.dataclass(frozen=True)
 class LogConfig:
     dir: str | None = None  # metrics.jsonl and TensorBoard events; null: no files
     every: int = 10  # steps between logged metrics (the only host syncs of the loop)
     tensorboard: bool = True  # also TensorBoard events beside metrics.jsonl
+
+    def __post_init__(self):
+        _check(self.every >= 1, f"log.every={self.every}: must be >= 1")
 
 
 @dataclasses.dataclass(frozen=True)

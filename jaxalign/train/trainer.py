@@ -25,11 +25,12 @@ from jaxalign.data.stream import to_global
 from jaxalign.sharding.mesh import ShardingConfigError, check_batch_size, make_mesh
 from jaxalign.sharding.rules import named_sharding, tree_shardings
 from jaxalign.tasks import Task, build_task
-from jaxalign.train.checkpoint import Checkpointer
+from jaxalign.train.checkpoint import Checkpointer, run_fingerprint
 from jaxalign.train.config import TrainConfig
 from jaxalign.train.metrics import MetricsWriter
 from jaxalign.train.optim import build_optimizer
 from jaxalign.train.preemption import StopRequests
+from jaxalign.train.preflight import check_run_dirs
 from jaxalign.train.step import TrainState, jit_step, make_step
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,19 @@ log = logging.getLogger(__name__)
 
 class NonFiniteError(RuntimeError):
     """Training produced NaN/Inf in several consecutive steps."""
+
+
+def nonfinite_message(cfg: TrainConfig) -> str:
+    """Why the run stopped, with only the advice the config has not already followed."""
+    advice = [f"lower optim.lr (now {cfg.optim.lr:g})"]
+    if cfg.optim.warmup_steps == 0:
+        advice.append("add optim.warmup_steps")
+    if cfg.optim.clip_norm is None:
+        advice.append("set optim.clip_norm (e.g. 1.0)")
+    if cfg.model.dtype != "float32":
+        advice.append("use model.dtype=float32")
+    return (f"{cfg.max_nonfinite} consecutive steps had NaN/Inf loss or gradients (each was skipped); "
+            + (", ".join(advice[:-1]) + " or " + advice[-1] if len(advice) > 1 else advice[0]))
 
 
 def check_same_config(cfg: TrainConfig) -> None:
@@ -131,6 +145,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, stop_at: int | None = None
     ``stop_at`` ends this invocation after that step (with a checkpoint), as a preempted or
     time-sliced job would; running again with the same config resumes from there.
     """
+    check_run_dirs(cfg)
     end = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
     distributed.initialize()
     check_same_config(cfg)
@@ -138,12 +153,15 @@ def train(cfg: TrainConfig, *, progress: bool = True, stop_at: int | None = None
     run = Run.build(cfg)
     task = run.task
     writer = MetricsWriter(cfg.log.dir if distributed.is_main() else None, cfg.log.tensorboard)
-    ckpt = Checkpointer(cfg.checkpoint) if cfg.checkpoint.dir else None
     state = run.init_state()
+    ckpt = Checkpointer(cfg.checkpoint, run_fingerprint(cfg, state)) if cfg.checkpoint.dir else None
+    restored = ckpt.resume(state) if ckpt is not None and cfg.checkpoint.resume else None
     start = 0
-    if ckpt is not None and cfg.checkpoint.resume and ckpt.latest_step() is not None:
-        state, task.stream.state, start = ckpt.restore(state)
-        log.info("resumed from step %d of %s", start, ckpt.dir)
+    if restored is not None:
+        state, task.stream.state, start = restored
+        log.warning("resuming from step %d of %s", start, ckpt.dir)
+    if start or cfg.checkpoint.overwrite:
+        writer.discard_from(start + 1 if start else 0)  # the rows of the steps this run logs (again)
     step_fn = run.step_fn()
     summary = {"losses": {}, "eval": {}, "eval_metrics": {}, "eval_metric": task.eval_metric, "resumed_from": start}
 
@@ -168,9 +186,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, stop_at: int | None = None
             examples_seen += cfg.data.batch_size
             # Read the previous step's counters while this one runs: no stall of the pipeline.
             if prev is not None and int(prev["nonfinite"]) >= cfg.max_nonfinite:
-                raise NonFiniteError(
-                    f"{cfg.max_nonfinite} consecutive steps had NaN/Inf loss or gradients (each was skipped); "
-                    "lower optim.lr, enable optim.clip_norm, or use model.dtype=float32")
+                raise NonFiniteError(nonfinite_message(cfg))
             prev = metrics
             done = step + 1
             if done % cfg.log.every == 0 or done == end:
