@@ -5,8 +5,9 @@ Batch ``j`` after a start state is a pure function of ``j`` (the epoch order is
 ``np.random.default_rng([seed, epoch]).permutation(n)``, tail batches dropped), so the
 pipeline is a Grain ``MapDataset`` over batch numbers, mapped to collated batches and read
 ahead by ``workers`` threads (``prefetch`` batches buffered). Threads, not Grain's worker
-processes: collating a batch from a memory-mapped cache is a few NumPy copies, and a process
-would pay more to pickle the batch back than it takes to build.
+processes: collating a batch from a memory-mapped cache is about a millisecond of NumPy copies
+(``benchmarks/input_pipeline.py``), which worker processes, pickling every batch back, could
+not make cheaper.
 
 :class:`Pipeline` yields this process's rows of each global batch, as NumPy arrays or, with
 ``shardings``, as global ``jax.Array`` s made by ``jax.make_array_from_process_local_data`` in
@@ -14,7 +15,9 @@ a background thread, so the training loop picks up batches already on the device
 
 Its :attr:`Pipeline.state` is the :class:`~jaxalign.data.stream.StreamState` after the last
 batch *consumed* (never the read-ahead), so a checkpoint of it resumes exactly; setting it
-repositions the pipeline (discarding what was read ahead).
+repositions the pipeline (discarding what was read ahead). Grain's own iterator state is not
+what is saved: the stream state is, so checkpoints are the in-memory path's, and a run can
+resume on either path and on any number of processes.
 """
 
 from __future__ import annotations
@@ -141,20 +144,23 @@ class _Reader:
             self.thread = threading.Thread(target=self._run, daemon=True, name="jaxalign-input")
             self.thread.start()
 
+    def _put(self, item) -> bool:
+        """Waits for room, unless stopped; False once stopped."""
+        while not self.stop.is_set():
+            try:
+                self.ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
     def _run(self) -> None:
         try:
             for batch, state in self.source:
-                item = (self.place(batch), state)
-                while not self.stop.is_set():
-                    try:
-                        self.ready.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        pass
-                if self.stop.is_set():
+                if not self._put((self.place(batch), state)):
                     return
         except BaseException as e:  # handed to the consumer, raised by next()
-            self.ready.put(e)
+            self._put(e)
 
     def next(self) -> tuple[dict, StreamState]:
         if self.thread is None:

@@ -83,11 +83,6 @@ class TokenTable:
     def __len__(self) -> int:
         return self.meta["rows"]
 
-    @property
-    def lengths(self) -> np.ndarray:
-        """int64 ``[N, C]`` tokens per sequence, from the offsets alone."""
-        return np.diff(self.offsets).reshape(len(self), self.columns)
-
     def sequence(self, row: int, column: int) -> np.ndarray:
         """The int32 ids of one sequence: a view of the memory map (nothing is read until used)."""
         k = row * self.columns + column
