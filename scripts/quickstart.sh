@@ -3,5 +3,5 @@
 # (from PyPI) on the CPU, on a corpus jaxalign generates, with STS evaluation before and after.
 # Sets up .venv on first use. Extra arguments are recipe overrides, e.g. steps=50.
 set -euo pipefail
-source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh" ""  # "": the arguments are overrides, not setup extras
 jaxalign train "$repo/experiments/quickstart.yaml" "$@"
