@@ -2,6 +2,7 @@
 in-memory path: the same batches bit for bit, on 1, 2 and 4 processes, across epochs and
 resumes; the cache built once, atomically, and read only where a process needs it."""
 
+import functools
 import importlib.util
 import json
 from pathlib import Path
@@ -65,7 +66,7 @@ def test_contrastive_batches_equal_the_in_memory_ones(minilm_tok, pairs, tmp_pat
     memory = Tokenized(minilm_tok, pairs, 2, MAX_LENGTH)
     for index in range(count):
         stream = BatchStream(pairs, 8, seed=5, process_index=index, process_count=count)
-        pipe = contrastive_pipeline(tokens, len(pairs), 8, index, count, workers=2, prefetch=2)
+        pipe = contrastive_pipeline(tokens, len(pairs), 8, index, count, threads=2, prefetch=2)
         lengths = set()
         for _ in range(12):
             want = collate(memory, stream.next(), 2, BUCKETS, MAX_LENGTH, ("score",), local=stream.local)
@@ -114,7 +115,7 @@ def test_hh_rlhf_in_chunks_with_workers(smol_tok, tmp_path):
     records = load_preference(shared_file("hh-rlhf/helpful-base/test.jsonl.gz"), "paired", max_examples=120)
     memory = tokenize_preference(smol_tok, records, max_length=128, max_prompt_length=64)
     key = token_cache.cache_key(test="hh")
-    tokenize = cached.functools.partial(cached._tokenize_records,
+    tokenize = functools.partial(cached._tokenize_records,
                                         {"tokenizer": smol_tok, "max_length": 128, "max_prompt_length": 64})
     table = token_cache.open_or_build(tmp_path, key, lambda: records, tokenize, columns=3, workers=2, chunk_size=50)
     got = cached.preference_examples(table, range(len(table)))
@@ -218,15 +219,15 @@ def test_resume_after_k_consumed_batches_with_read_ahead(minilm_tok, pairs, tmp_
     the one an uninterrupted run would see (here from mid-epoch and across the boundary)."""
     tokens = cached.cache_contrastive(minilm_tok, lambda: pairs, None, text_columns=2, max_length=MAX_LENGTH,
                                       cache_dir=tmp_path)
-    whole = contrastive_pipeline(tokens, len(pairs), 8, 0, 1, workers=2, prefetch=4)
+    whole = contrastive_pipeline(tokens, len(pairs), 8, 0, 1, threads=2, prefetch=4)
     uninterrupted = [whole.next() for _ in range(14)]
     for k in (3, 10):
-        first = contrastive_pipeline(tokens, len(pairs), 8, 0, 1, workers=2, prefetch=4)
+        first = contrastive_pipeline(tokens, len(pairs), 8, 0, 1, threads=2, prefetch=4)
         for _ in range(k):
             first.next()
         saved = StreamState(**vars(first.state))
         first.close()
-        resumed = contrastive_pipeline(tokens, len(pairs), 8, 0, 1, workers=2, prefetch=4)
+        resumed = contrastive_pipeline(tokens, len(pairs), 8, 0, 1, threads=2, prefetch=4)
         resumed.state = saved
         for want in uninterrupted[k:]:
             assert_same(resumed.next(), want)
@@ -259,7 +260,7 @@ def test_a_process_reads_only_its_own_rows(minilm_tok, pairs, tmp_path):
     tokens.table.tokens = RecordingTokens(tokens.table.tokens, reads)
     offsets = tokens.table.offsets
     for index in range(4):
-        pipe = contrastive_pipeline(tokens, len(pairs), 8, index, 4, workers=0, prefetch=0)
+        pipe = contrastive_pipeline(tokens, len(pairs), 8, index, 4, threads=0, prefetch=0)
         stream = BatchStream(list(range(len(pairs))), 8, seed=5, process_index=index, process_count=4)
         for _ in range(3):
             reads.clear()

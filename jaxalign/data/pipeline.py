@@ -4,7 +4,7 @@ devices in the background, in exactly :class:`~jaxalign.data.stream.BatchStream`
 Batch ``j`` after a start state is a pure function of ``j`` (the epoch order is
 ``np.random.default_rng([seed, epoch]).permutation(n)``, tail batches dropped), so the
 pipeline is a Grain ``MapDataset`` over batch numbers, mapped to collated batches and read
-ahead by ``workers`` threads (``prefetch`` batches buffered). Threads, not Grain's worker
+ahead by ``threads`` threads (``prefetch`` batches buffered). Threads, not Grain's worker
 processes: collating a batch from a memory-mapped cache is about a millisecond of NumPy copies
 (``benchmarks/input_pipeline.py``), which worker processes, pickling every batch back, could
 not make cheaper.
@@ -43,7 +43,7 @@ class Pipeline:
 
     def __init__(self, num_examples: int, batch_size: int, make_batch: Callable[[np.ndarray, slice], dict], *,
                  seed: int = 0, shuffle: bool = True, process_index: int | None = None,
-                 process_count: int | None = None, workers: int = 2, prefetch: int = 2, shardings: dict | None = None):
+                 process_count: int | None = None, threads: int = 2, prefetch: int = 2, shardings: dict | None = None):
         if num_examples < batch_size:
             raise ValueError(f"the data has {num_examples} examples, fewer than one batch of {batch_size}; "
                              "lower data.batch_size or add data")
@@ -54,7 +54,7 @@ class Pipeline:
         self.process_count = jax.process_count() if process_count is None else process_count
         if batch_size % self.process_count:
             raise ValueError(f"batch size {batch_size} is not divisible by the {self.process_count} processes")
-        self.workers, self.prefetch, self.shardings = workers, prefetch, shardings
+        self.threads, self.prefetch, self.shardings = threads, prefetch, shardings
         self._orders: dict[int, np.ndarray] = {}
         self._orders_lock = threading.Lock()
         self._state = StreamState()
@@ -110,8 +110,8 @@ class Pipeline:
     def host_batches(self, start: StreamState) -> Iterator[tuple[dict, StreamState]]:
         """(batch, state after it) from ``start`` on, read ahead by Grain's threads."""
         dataset = grain.MapDataset.range(0, _END).map(lambda j: self._element(start, j))
-        if self.workers:
-            options = grain.ReadOptions(num_threads=self.workers, prefetch_buffer_size=max(self.prefetch, 1))
+        if self.threads:
+            options = grain.ReadOptions(num_threads=self.threads, prefetch_buffer_size=max(self.prefetch, 1))
             return iter(dataset.to_iter_dataset(options))
         return (dataset[j] for j in range(_END))
 
@@ -183,4 +183,4 @@ def streaming_pipeline(task, num_examples: int, make_batch: Callable[[np.ndarray
     cfg = task.cfg
     shardings = {k: named_sharding(task.mesh, axes) for k, axes in task.batch_axes().items()}
     return Pipeline(num_examples, cfg.data.batch_size, make_batch, seed=cfg.seed, shuffle=cfg.data.shuffle,
-                    workers=cfg.data.prefetch, prefetch=cfg.data.prefetch, shardings=shardings)
+                    threads=cfg.data.prefetch, prefetch=cfg.data.prefetch, shardings=shardings)
