@@ -217,7 +217,7 @@ def cmd_train(args) -> int:
     if summary.get("stopped_by"):
         where = (f"checkpoint at step {summary['steps']} in {cfg.checkpoint.dir}; run the same command to resume"
                  if cfg.checkpoint.dir else "nothing saved (no checkpoint.dir)")
-        console.print(f"stopped by {summary['stopped_by']} after step {summary['steps']} of {cfg.steps}: {where}")
+        print(f"stopped by {summary['stopped_by']} after step {summary['steps']} of {cfg.steps}: {where}")
     evals = summary["eval"]
     if evals:
         first, last = min(evals), max(evals)

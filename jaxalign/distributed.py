@@ -22,7 +22,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import socket
 import sys
+import time
 
 import jax
 
@@ -128,12 +130,35 @@ def initialize(launch: LaunchConfig | None = None) -> None:
         args = {}
     else:
         return
+    if launch.explicit and launch.process_id != 0:
+        wait_for_coordinator(launch.coordinator, launch.init_timeout)
     try:
         jax.distributed.initialize(**args, **timeouts)
     except Exception as e:  # jaxlib raises its own runtime errors; the address and the fix matter
         raise DistributedError(
             f"could not join the multi-process run ({where}) within {launch.init_timeout} s: {e}".strip()
             + f"; check that every process was started and that {where} is reachable") from e
+
+
+def wait_for_coordinator(address: str, timeout_s: float) -> None:
+    """Waits until process 0's coordinator accepts connections at ``host:port``. jaxlib aborts
+    the whole process when it cannot register in time, so a coordinator that never answers is
+    caught here, with its address, while an error can still be raised."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise DistributedError(f"{ENV['coordinator']}={address!r}: expected HOST:PORT")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=2).close()
+            return
+        except OSError as e:
+            if time.monotonic() >= deadline:
+                raise DistributedError(
+                    f"the coordinator {address} did not answer within {timeout_s:.0f} s ({e.strerror or e}); start "
+                    f"process 0 with the same {ENV['coordinator']}, check the address and that the port is open, "
+                    "or raise --init-timeout") from None
+            time.sleep(0.5)
 
 
 def is_main() -> bool:

@@ -7,7 +7,7 @@ join one run through the documented ``JAX_COORDINATOR_ADDRESS`` / ``JAX_NUM_PROC
 ``JAX_PROCESS_ID`` variables, and returns their exit codes and output. The same launch with
 one process of all the devices is the reference a multi-process run must equal.
 
-``python tests/multiprocess.py SCENARIOS.json OUT_DIR`` is the worker :func:`train_scenarios`
+``python tests/mp_harness.py SCENARIOS.json OUT_DIR`` is the worker :func:`train_scenarios`
 launches: it runs each scenario (recipe overrides, optionally ``stop_at``) through
 :func:`jaxalign.train.trainer.train` and has process 0 write ``OUT_DIR/<name>.npz`` with the
 per-step losses and the final trained parameters, gathered from every process.
@@ -51,11 +51,13 @@ def process_env(index: int, count: int, devices: int, port: int) -> dict:
     return env
 
 
-def start(args: list[str], num_processes: int, devices_per_process: int, cwd: Path | None = None,
+def start(args: list[str] | list[list[str]], num_processes: int, devices_per_process: int,
           ) -> list[subprocess.Popen]:
-    """Starts ``args`` (after the Python executable) once per process; returns the handles."""
+    """Starts ``args`` (after the Python executable; or one list per process) once per process
+    in the repository; returns the handles."""
     port = free_port()
-    return [subprocess.Popen([sys.executable, *args], cwd=cwd or REPO, text=True, stdout=subprocess.PIPE,
+    per_process = args if args and isinstance(args[0], list) else [args] * num_processes
+    return [subprocess.Popen([sys.executable, *per_process[i]], cwd=REPO, text=True, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, env=process_env(i, num_processes, devices_per_process, port))
             for i in range(num_processes)]
 
@@ -91,7 +93,7 @@ def train_scenarios(scenarios: list[dict], out: Path, num_processes: int, device
     out.mkdir(parents=True, exist_ok=True)
     spec = out / "scenarios.json"
     spec.write_text(json.dumps(scenarios))
-    launch([str(REPO / "tests" / "multiprocess.py"), str(spec), str(out)], num_processes, devices_per_process)
+    launch([str(REPO / "tests" / "mp_harness.py"), str(spec), str(out)], num_processes, devices_per_process)
     results = {}
     for s in scenarios:
         with np.load(out / f"{s['name']}.npz") as f:

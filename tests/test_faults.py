@@ -7,6 +7,7 @@ import json
 import logging
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -202,3 +203,11 @@ def test_metrics_rows_of_steps_run_again_are_dropped(tmp_path):
     assert metric_steps(tmp_path) == [0, 1, 2]
     writer.discard_from(0)
     assert (tmp_path / "metrics.jsonl").read_text() == ""
+
+
+def test_checkpoint_dir_may_be_a_bucket_url():
+    """gs:// (and any epath URL) stays a URL; a local path becomes absolute, with ~ expanded."""
+    from jaxalign.train.checkpoint import checkpoint_path
+
+    assert str(checkpoint_path("gs://bucket/runs/dpo")) == "gs://bucket/runs/dpo"
+    assert str(checkpoint_path("~/runs/x")) == str(Path.home() / "runs" / "x")

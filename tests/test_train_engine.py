@@ -94,8 +94,8 @@ def test_one_compile_per_bucket():
     step = run.step_fn()
     state = run.init_state()
     shapes = set()
-    for _ in range(6):
-        batch = run.next_batch()
+    for i in range(6):
+        batch = run.next_batch(i)
         shapes.add(batch["input_ids"].shape)
         state, _ = step(state, batch, run.task.frozen)
     assert step._cache_size() == len(shapes)

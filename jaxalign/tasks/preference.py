@@ -45,6 +45,7 @@ from jaxalign.models.llama import weights as llama_weights
 from jaxalign.ops.logprobs import completion_logps
 from jaxalign.ops.teacher import advantage_expectation, distill_kl
 from jaxalign.sharding.rules import named_sharding
+from jaxalign.train.checkpoint import checkpoint_path
 from jaxalign.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -405,18 +406,20 @@ class PreferenceTask:
             h.update(ex.prompt.tobytes())
             for c in ex.completions:
                 h.update(b"|" + c.tobytes())
-        root = Path(cfg.checkpoint.dir).expanduser() if cfg.checkpoint.dir else Path.home() / ".cache" / "jaxalign"
+        root = checkpoint_path(cfg.checkpoint.dir) if cfg.checkpoint.dir else checkpoint_path("~/.cache/jaxalign")
         path = root / f"{tag}-{h.hexdigest()[:16]}.npy"
         # Computing is collective (sharded scoring): read the cache only if every process has it.
         if all(hit == "1" for hit in distributed.gather(f"cache {tag}", "1" if path.is_file() else "0")):
             log.info("%s from %s", tag, path)
-            return np.load(path)
+            with path.open("rb") as f:
+                return np.load(f)
         out = compute()
         if distributed.is_main():
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp.npy")
-            np.save(tmp, out)
-            tmp.replace(path)
+            with tmp.open("wb") as f:
+                np.save(f, out)
+            tmp.rename(path)
         return out
 
     def by_record(self, rows: np.ndarray, examples: list) -> np.ndarray:

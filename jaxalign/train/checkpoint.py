@@ -14,6 +14,10 @@ Each checkpoint's JSON item also holds the run's *fingerprint* (:func:`run_finge
 resuming compares it first and refuses a directory written by another recipe or model in one
 line naming the fields that differ. A newest step that does not restore (truncated or
 corrupted files) is set aside with a warning and the step before it is used.
+
+``checkpoint.dir`` may be a local path or a bucket (``gs://bucket/run``): paths go through
+``etils.epath``, which Orbax itself uses, so every process of a pod writes its shards of one
+checkpoint there and any topology can restore it.
 """
 
 from __future__ import annotations
@@ -22,13 +26,12 @@ import dataclasses
 import hashlib
 import logging
 import math
-import shutil
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 from jax.experimental import multihost_utils
 
 from jaxalign import distributed
@@ -42,6 +45,13 @@ MANAGERS = ("last", "best")  # the sub-directories of a run's checkpoint.dir
 
 class ResumeError(ValueError):
     """A checkpoint directory this run must not continue from, or start over in."""
+
+
+def checkpoint_path(spec: str) -> epath.Path:
+    """``checkpoint.dir`` as a path: a URL (``gs://...``) as given, a local path absolute."""
+    if "://" in spec:
+        return epath.Path(spec)
+    return epath.Path(epath.Path(spec).expanduser().resolve())
 
 
 def _fields(state: Any) -> dict:
@@ -95,7 +105,7 @@ def fingerprint_changes(old: dict[str, str], new: dict[str, str]) -> list[str]:
     return [f"{key}: {old[key]} -> {value}" for key, value in new.items() if key in old and old[key] != value]
 
 
-def _steps(directory: Path) -> list[int]:
+def _steps(directory: epath.Path) -> list[int]:
     """The finalised steps in a manager's directory (Orbax names them by the step number; an
     unfinished save is ``<step>.orbax-checkpoint-tmp-<n>``), ascending."""
     if not directory.is_dir():
@@ -103,7 +113,7 @@ def _steps(directory: Path) -> list[int]:
     return sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
 
 
-def _earlier_run(directory: Path) -> list[str]:
+def _earlier_run(directory: epath.Path) -> list[str]:
     """What an earlier run left in ``directory``, described; empty when there is nothing (the
     empty ``last``/``best`` folders of a run that never saved count as nothing)."""
     if not directory.is_dir():
@@ -126,7 +136,7 @@ def check_directory(cfg: CheckpointConfig, steps: int) -> None:
     misuse: an earlier run's when not resuming (its steps would be deleted by this run's
     saves) unless ``overwrite`` asks for that, and, when resuming, one already past ``steps``
     (the run would train nothing and export the later model as this one's result)."""
-    directory = Path(cfg.dir).expanduser()
+    directory = checkpoint_path(cfg.dir)
     if not cfg.resume:
         found = _earlier_run(directory)
         if found and not cfg.overwrite:
@@ -166,9 +176,9 @@ class Checkpointer:
     def __init__(self, cfg: CheckpointConfig, fingerprint: dict[str, str] | None = None):
         self.cfg = cfg
         self.fingerprint = fingerprint or {}
-        self.dir = Path(cfg.dir).expanduser().resolve()
+        self.dir = checkpoint_path(cfg.dir)
         if cfg.overwrite:
-            _on_process_0(lambda: [shutil.rmtree(self.dir / name, ignore_errors=True) for name in MANAGERS],
+            _on_process_0(lambda: [(self.dir / name).rmtree(missing_ok=True) for name in MANAGERS],
                           "jaxalign: earlier checkpoints deleted")
         common = dict(enable_async_checkpointing=cfg.async_save, create=True)
         self.last = ocp.CheckpointManager(

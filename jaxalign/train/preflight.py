@@ -7,24 +7,24 @@ fails at once, naming the field and the fix.
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
+import uuid
 
 from jaxalign.config import ConfigError
-from jaxalign.train.checkpoint import check_directory
+from jaxalign.train.checkpoint import check_directory, checkpoint_path
 from jaxalign.train.config import TrainConfig
 
 
 def check_writable_dir(path: str, field: str) -> None:
-    """Creates directory ``path`` if needed (as the run would) and writes a scratch file in it;
-    any failure is one ``ConfigError`` naming ``field``."""
-    where = Path(path).expanduser()
+    """Creates directory ``path`` (local or ``gs://...``) if needed, as the run would, and writes
+    and removes a scratch file in it; any failure is one ``ConfigError`` naming ``field``."""
+    where = checkpoint_path(path)
     if where.exists() and not where.is_dir():
         raise ConfigError(f"{field}={path}: is a file, not a directory; choose a directory")
     try:
         where.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=where):
-            pass
+        probe = where / f".jaxalign-write-check-{uuid.uuid4().hex}"
+        probe.write_text("")
+        probe.unlink()
     except OSError as e:
         raise ConfigError(f"{field}={path}: cannot write there ({e.strerror or e}); "
                           "choose a writable directory") from None

@@ -153,7 +153,7 @@ def load_params(
         name = names[rule.theirs]
         shape = tuple(target.shape)
         if mesh is None:
-            sharding = SingleDeviceSharding(jax.devices()[0])
+            sharding = SingleDeviceSharding(jax.local_devices()[0])  # this process's own, in a multi-process run
         else:
             sharding = named_sharding(mesh, rule.axes, shape, name=path)
 
