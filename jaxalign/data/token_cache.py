@@ -74,7 +74,8 @@ class TokenTable:
     def open(cls, path: Path) -> "TokenTable":
         meta = json.loads((path / "meta.json").read_text())
         load = lambda name: np.load(path / f"{name}.npy", mmap_mode="r")
-        return cls(path, load("tokens"), np.asarray(load("offsets")), {k: load(k) for k in meta["extras"]}, meta)
+        # Offsets are read whole (8 bytes a sequence): lengths then cost no I/O; tokens are paged in on use.
+        return cls(path, load("tokens"), np.load(path / "offsets.npy"), {k: load(k) for k in meta["extras"]}, meta)
 
     @property
     def columns(self) -> int:
@@ -140,15 +141,14 @@ def _locked(path: Path):
 
 
 def open_or_build(cache_dir: str | os.PathLike, key: str, read: Callable[[], Sequence],
-                  tokenize: Callable[[Sequence], Chunk], *, columns: int, meta: dict | None = None,
+                  tokenize: Callable[[int, Sequence], Chunk], *, columns: int, meta: dict | None = None,
                   workers: int = 0, chunk_size: int = 10_000, desc: str = "tokenising") -> TokenTable:
     """The cache ``key`` under ``cache_dir``, built first if absent.
 
     ``read()`` gives the source rows (called only when building); ``tokenize(start, rows)`` maps
     the chunk of them that begins at row ``start`` to a :class:`Chunk` of ``columns`` sequences
-    per kept row. With ``workers > 0`` the
-    chunks are tokenised in that many spawned processes, so ``tokenize`` must pickle (a
-    module-level function, or a ``functools.partial`` of one).
+    per kept row. With ``workers > 0`` the chunks are tokenised in that many spawned processes,
+    so ``tokenize`` must pickle (a module-level function, or a ``functools.partial`` of one).
     """
     root = Path(cache_dir).expanduser()
     final = root / key
