@@ -56,7 +56,7 @@ class ContrastiveTask:
 
         def read() -> list:
             examples = read_corpus(cfg.data.kind, cfg.data.path, cfg.data.max_examples)
-            return with_teacher_scores(examples, cfg) if cfg.objective.name == "dse" else examples
+            return with_teacher_scores(examples, cfg, mesh) if cfg.objective.name == "dse" else examples
 
         head, head_axes = objective.init_head(jax.random.PRNGKey(cfg.seed + 1))
         params, axes = {"encoder": encoder.params, "head": head}, {"encoder": encoder.axes, "head": head_axes}
@@ -107,10 +107,12 @@ class ContrastiveTask:
         export_hf(self.encoder, jax.device_get(params["encoder"]), directory, self.objective.pooling)
 
 
-def with_teacher_scores(examples: list, cfg: TrainConfig) -> list:
-    """DSE: appends the teacher's cosine similarity of each pair, computed once before training."""
-    teacher = load_encoder(cfg.objective.teacher or cfg.model.name)
-    embed = Embedder(teacher, batch_size=64)
+def with_teacher_scores(examples: list, cfg: TrainConfig, mesh: jax.sharding.Mesh) -> list:
+    """DSE: appends the teacher's cosine similarity of each pair, computed once before training
+    over the run's mesh (every process embeds its devices' rows; all receive every score)."""
+    teacher = load_encoder(cfg.objective.teacher or cfg.model.name, mesh=mesh)
+    shards = batch_parallel_size(mesh)
+    embed = Embedder(teacher, batch_size=-(-64 // shards) * shards, mesh=mesh)
     a = embed([ex[0] for ex in examples], progress=True, desc="teacher")
     b = embed([ex[1] for ex in examples], progress=True, desc="teacher")
     cos = (a * b).sum(-1) / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-12)
