@@ -95,7 +95,7 @@ def test_create_rejects(args, message):
 
 def test_install_copies_checkout_to_every_worker():
     archive, scp, ssh = commands(launch("tpu_vm.py", "install", "pod", "--zone", "z", "--dry-run"))
-    assert archive[:2] == ["git", "archive"] and archive[-1] == "HEAD"
+    assert archive[:4] == ["git", "-C", str(REPO), "archive"] and archive[-1] == "HEAD"
     assert scp[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "scp"] and "--worker=all" in scp
     assert ssh[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "pod"] and "--worker=all" in ssh
     remote = option(ssh, "--command")
@@ -185,6 +185,8 @@ def test_jobset_manifest(tmp_path, accelerator, hosts, label, topology):
     assert "env" not in container
     xpk = next(line for line in proc.stderr.splitlines() if "xpk workload create" in line)
     assert f"--tpu-type={accelerator}" in xpk and "--workload=dpo-8b" in xpk
+    xpk_argv = shlex.split(xpk.split(": ", 1)[1])
+    assert option(xpk_argv, "--command") == "cd /app && " + container["command"][2]
 
 
 def test_jobset_multislice_to_stdout():

@@ -127,7 +127,9 @@ def abstract_decoder(config, dtype, remat: str):
     from jaxalign.models.llama.model import LlamaForCausalLM
     from jaxalign.weights.loader import flatten, unflatten
 
-    make = lambda: LlamaForCausalLM(config, dtype=dtype, param_dtype=jnp.float32, remat=remat, rngs=nnx.Rngs(0))  # noqa: E731
+    def make():
+        return LlamaForCausalLM(config, dtype=dtype, param_dtype=jnp.float32, remat=remat, rngs=nnx.Rngs(0))
+
     graphdef, state = nnx.split(nnx.eval_shape(make))
     params = nnx.to_pure_dict(state)
     by_path = {r.ours: r.axes for rule in llama_weights.RULES for r in rule.expand(config.num_hidden_layers)}

@@ -33,8 +33,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from launch_common import (LaunchError, add_dry_run, add_recipe_args, env_assignments, main_guard, parse_accelerator,
-                           shell_line, train_command)
+from launch_common import (REPO, LaunchError, add_dry_run, add_recipe_args, env_assignments, main_guard,
+                           parse_accelerator, shell_line, train_command)
 
 REMOTE_DIR = "jaxalign"  # the repository on each worker, relative to the login directory
 ARCHIVE = "/tmp/jaxalign-src.tar.gz"
@@ -137,7 +137,7 @@ def cmd_install(args, runner) -> None:
                  REMOTE_DIR]
         fetch = f"(test -d {REMOTE_DIR} || {shlex.join(clone)}) && git -C {REMOTE_DIR} pull --ff-only"
     else:
-        runner.run(["git", "archive", "--format=tar.gz", f"--output={ARCHIVE}", "HEAD"])
+        runner.run(["git", "-C", str(REPO), "archive", "--format=tar.gz", f"--output={ARCHIVE}", "HEAD"])
         runner.run(["gcloud", "compute", "tpus", "tpu-vm", "scp", ARCHIVE, f"{args.name}:{ARCHIVE}", *location(args),
                     "--worker=all"])
         fetch = f"mkdir -p {REMOTE_DIR} && tar -xzf {ARCHIVE} -C {REMOTE_DIR}"

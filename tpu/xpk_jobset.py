@@ -28,6 +28,7 @@ written, to be inspected). The equivalent ``xpk workload create`` command is pri
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shlex
 import sys
@@ -68,9 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def yaml_scalar(value) -> str:
     """Any string as a YAML double-quoted scalar (JSON string syntax is valid YAML)."""
-    import json
-
     return json.dumps(str(value))
+
+
+def annotation(key: str) -> str:
+    """The ``valueFrom`` of a variable holding one of the pod's JobSet annotations."""
+    path = f"metadata.annotations['jobset.sigs.k8s.io/{key}']"
+    return "{fieldRef: {fieldPath: " + yaml_scalar(path) + "}}"
 
 
 def manifest(args, acc, command: str) -> str:
@@ -78,7 +83,6 @@ def manifest(args, acc, command: str) -> str:
     q = yaml_scalar
     env = ""
     if args.num_slices > 1:
-        annotation = lambda key: f"{{fieldRef: {{fieldPath: \"metadata.annotations['jobset.sigs.k8s.io/{key}']\"}}}}"  # noqa: E731
         coordinator = "$(JOBSET_NAME)-$(REPLICATED_JOB_NAME)-0-0.$(JOBSET_NAME)"  # slice 0, pod 0
         env = f"""
                   env:
@@ -142,6 +146,9 @@ spec:
 
 
 def xpk_command(args, acc, command: str) -> list[str]:
+    """``xpk workload create`` of the same workload; xpk's container starts in the image's own
+    working directory, hence the ``cd``."""
+    command = f"cd {shlex.quote(args.workdir)} && {command}"
     return ["xpk", "workload", "create", f"--cluster={args.cluster}", f"--workload={args.name}",
             f"--tpu-type={acc.name}", f"--num-slices={args.num_slices}", f"--docker-image={args.image}",
             f"--max-restarts={args.max_restarts}", f"--command={command}"]
