@@ -151,6 +151,14 @@ def train(cfg: TrainConfig, *, progress: bool = True, stop_at: int | None = None
     check_same_config(cfg)
     progress = progress and distributed.is_main()
     run = Run.build(cfg)
+    # Inside the mesh, the models' activation constraints (sharding.rules.constrain) apply:
+    # without it every device would hold whole-batch activations.
+    with jax.set_mesh(run.mesh):
+        return _run(cfg, run, progress=progress, end=end)
+
+
+def _run(cfg: TrainConfig, run: Run, *, progress: bool, end: int) -> dict:
+    """The loop of :func:`train` over a built run: resume, evaluate, step, log, checkpoint."""
     task = run.task
     writer = MetricsWriter(cfg.log.dir if distributed.is_main() else None, cfg.log.tensorboard)
     state = run.init_state()
