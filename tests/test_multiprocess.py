@@ -86,8 +86,8 @@ def runs(data, tmp_path_factory):
             todo.append({**contrastive(data, "simcse-stopped", f"checkpoint.dir={written}", "checkpoint.every=100"),
                          "stop_at": 1})
         else:  # its continuation, from a copy of that checkpoint, on another process count and mesh
-            shutil.copytree(written, root / "ckpt")
-            todo.append(contrastive(data, "simcse-resumed", f"checkpoint.dir={root / 'ckpt'}", "checkpoint.every=100",
+            shutil.copytree(written, root / "resumed")
+            todo.append(contrastive(data, "simcse-resumed", f"checkpoint.dir={root / 'resumed'}", "checkpoint.every=100",
                                     *RESUME_MESH[name]))
         out[name] = train_scenarios(todo, root / "out", procs, devices)
     return out
