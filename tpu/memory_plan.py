@@ -33,7 +33,6 @@ linearity) and extrapolates to ``--num-layers``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import json
 import os
@@ -64,10 +63,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tokens per sequence (prompt + completion, the padded length). Default: %(default)s")
     p.add_argument("--mesh", default="1,-1,1", metavar="DATA,FSDP,TENSOR",
                    help="mesh axis sizes, -1 fills the devices. Default: %(default)s (FSDP over every chip)")
-    p.add_argument("--mesh-context", action="store_true",
-                   help="lower the step inside jax.set_mesh(mesh), which turns on the models' activation sharding "
-                        "constraints (jaxalign.sharding.rules.constrain); `jaxalign train` does not enter the mesh, "
-                        "so the default measures the step as training runs it")
     p.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16",
                    help="compute dtype (master weights stay float32). Default: %(default)s")
     p.add_argument("--depths", default="2,4,8",
@@ -183,7 +178,7 @@ def compile_step(args, layers: int) -> dict:
               "ref_logps": ((args.pairs, 2), jnp.float32)}
     batch = {k: jax.ShapeDtypeStruct(*shapes[k]) for k in task.batch_axes()}
     t0 = time.perf_counter()
-    with jax.set_mesh(run.mesh) if args.mesh_context else contextlib.nullcontext():
+    with jax.set_mesh(run.mesh):  # as jaxalign.train.trainer.train runs the step
         lowered = run.step_fn().lower(state, batch, task.frozen)
     t1 = time.perf_counter()
     stats = lowered.compile().memory_analysis()
@@ -250,7 +245,6 @@ def main(argv=None) -> int:
         "recipe": args.recipe,
         "batch": {"pairs": args.pairs, "rows": 2 * args.pairs, "length": args.length},
         "dtype": args.dtype, "master_weights": "float32",
-        "mesh_context": args.mesh_context,
         "model": {"num_layers": args.num_layers, "hidden_size": args.hidden_size,
                   "intermediate_size": args.intermediate_size, "num_heads": args.num_heads,
                   "num_kv_heads": args.num_kv_heads, "vocab_size": args.vocab_size, "rope_theta": args.rope_theta},
