@@ -127,6 +127,12 @@ def sentence_paths(tok, path: str, cache_dir: Path, workers: int):
             return batch
         return first
 
+    return compared_paths(memory, streaming, cache_dir, workers)
+
+
+def compared_paths(memory, streaming, cache_dir: Path, workers: int) -> list:
+    """(name, first-batch function) of every path compared: memory, the streaming cache built
+    in this process and with ``workers``, and the first one again, warm."""
     return [("memory", memory), ("streaming cold", streaming(cache_dir / "a", 0)),
             (f"streaming cold, {workers} workers", streaming(cache_dir / "b", workers)),
             ("streaming warm", streaming(cache_dir / "a", 0))]
@@ -159,9 +165,7 @@ def preference_paths(tok, path: str, cache_dir: Path, workers: int):
             return batch
         return first
 
-    return [("memory", memory), ("streaming cold", streaming(cache_dir / "a", 0)),
-            (f"streaming cold, {workers} workers", streaming(cache_dir / "b", workers)),
-            ("streaming warm", streaming(cache_dir / "a", 0))]
+    return compared_paths(memory, streaming, cache_dir, workers)
 
 
 def time_first_batches(paths) -> dict:
