@@ -145,10 +145,10 @@ def train(cfg: TrainConfig, *, progress: bool = True, stop_at: int | None = None
     ``stop_at`` ends this invocation after that step (with a checkpoint), as a preempted or
     time-sliced job would; running again with the same config resumes from there.
     """
-    check_run_dirs(cfg)
     end = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
     distributed.initialize()
     check_same_config(cfg)
+    check_run_dirs(cfg)
     progress = progress and distributed.is_main()
     run = Run.build(cfg)
     # Inside the mesh, the models' activation constraints (sharding.rules.constrain) apply:
