@@ -30,7 +30,7 @@ import grain
 import jax
 import numpy as np
 
-from jaxalign.data.stream import StreamState, to_global
+from jaxalign.data.stream import StreamState, check_batching, epoch_order, local_rows, to_global
 from jaxalign.sharding.rules import named_sharding
 
 _END = 2**62  # batch numbers are unbounded: the training loop decides when to stop
@@ -44,16 +44,12 @@ class Pipeline:
     def __init__(self, num_examples: int, batch_size: int, make_batch: Callable[[np.ndarray, slice], dict], *,
                  seed: int = 0, shuffle: bool = True, process_index: int | None = None,
                  process_count: int | None = None, threads: int = 2, prefetch: int = 2, shardings: dict | None = None):
-        if num_examples < batch_size:
-            raise ValueError(f"the data has {num_examples} examples, fewer than one batch of {batch_size}; "
-                             "lower data.batch_size or add data")
         self.num_examples, self.batch_size = num_examples, batch_size
         self.make_batch = make_batch
         self.seed, self.shuffle = seed, shuffle
         self.process_index = jax.process_index() if process_index is None else process_index
         self.process_count = jax.process_count() if process_count is None else process_count
-        if batch_size % self.process_count:
-            raise ValueError(f"batch size {batch_size} is not divisible by the {self.process_count} processes")
+        check_batching(num_examples, batch_size, self.process_count)
         self.threads, self.prefetch, self.shardings = threads, prefetch, shardings
         self._orders: dict[int, np.ndarray] = {}
         self._orders_lock = threading.Lock()
@@ -66,8 +62,7 @@ class Pipeline:
 
     @property
     def local(self) -> slice:
-        n = self.batch_size // self.process_count
-        return slice(self.process_index * n, (self.process_index + 1) * n)
+        return local_rows(self.batch_size, self.process_index, self.process_count)
 
     @property
     def state(self) -> StreamState:
@@ -86,8 +81,7 @@ class Pipeline:
     def _order(self, epoch: int) -> np.ndarray:
         with self._orders_lock:  # Grain's threads ask for it concurrently
             if epoch not in self._orders:
-                n = self.num_examples
-                order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
+                order = epoch_order(self.num_examples, self.seed, epoch, self.shuffle)
                 self._orders = {e: o for e, o in self._orders.items() if e >= epoch - 1}
                 self._orders[epoch] = order
             return self._orders[epoch]

@@ -26,22 +26,38 @@ class StreamState:
     position: int = 0  # examples of this epoch already served (global count)
 
 
+def check_batching(num_examples: int, batch_size: int, process_count: int) -> None:
+    """The data fills at least one global batch, which splits evenly over the processes."""
+    if num_examples < batch_size:
+        raise ValueError(f"the data has {num_examples} examples, fewer than one batch of {batch_size}; "
+                         "lower data.batch_size or add data")
+    if batch_size % process_count:
+        raise ValueError(f"batch size {batch_size} is not divisible by the {process_count} processes")
+
+
+def epoch_order(num_examples: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
+    """The order in which epoch ``epoch`` serves the examples."""
+    return np.random.default_rng([seed, epoch]).permutation(num_examples) if shuffle else np.arange(num_examples)
+
+
+def local_rows(batch_size: int, process_index: int, process_count: int) -> slice:
+    """Process ``process_index``'s contiguous rows of every global batch."""
+    n = batch_size // process_count
+    return slice(process_index * n, (process_index + 1) * n)
+
+
 class BatchStream:
     """Global batches of ``batch_size`` examples; incomplete tail batches are dropped so every
     batch has the same size (one compile per length bucket)."""
 
     def __init__(self, examples: Sequence, batch_size: int, *, seed: int = 0, shuffle: bool = True,
                  process_index: int | None = None, process_count: int | None = None):
-        if len(examples) < batch_size:
-            raise ValueError(f"the data has {len(examples)} examples, fewer than one batch of {batch_size}; "
-                             "lower data.batch_size or add data")
         self.examples = examples
         self.batch_size = batch_size
         self.seed, self.shuffle = seed, shuffle
         self.process_index = jax.process_index() if process_index is None else process_index
         self.process_count = jax.process_count() if process_count is None else process_count
-        if batch_size % self.process_count:
-            raise ValueError(f"batch size {batch_size} is not divisible by the {self.process_count} processes")
+        check_batching(len(examples), batch_size, self.process_count)
         self.state = StreamState()
         self._order_epoch, self._order = -1, None
 
@@ -51,16 +67,14 @@ class BatchStream:
 
     def _permutation(self, epoch: int) -> np.ndarray:
         if self._order_epoch != epoch:
-            n = len(self.examples)
-            self._order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
+            self._order = epoch_order(len(self.examples), self.seed, epoch, self.shuffle)
             self._order_epoch = epoch
         return self._order
 
     @property
     def local(self) -> slice:
         """This process's rows of every global batch."""
-        n = self.batch_size // self.process_count
-        return slice(self.process_index * n, (self.process_index + 1) * n)
+        return local_rows(self.batch_size, self.process_index, self.process_count)
 
     def close(self) -> None:
         """Nothing to stop (the streaming pipeline's ``close`` stops its read-ahead)."""
