@@ -239,8 +239,11 @@ def _options_reference() -> str:
     from jaxalign.config import describe_options
     from jaxalign.train.config import TrainConfig
 
-    lines = ["options (KEY=VALUE; default in brackets):"]
+    lines = ["options (KEY=VALUE; default in brackets). Each objective has its own options, listed under it:"]
     for name, default, doc in describe_options(TrainConfig):
+        if default is None:  # an objective's heading: its options follow
+            lines += ["", f"  {name}"] + textwrap.wrap(doc, 96, initial_indent="    ", subsequent_indent="    ")
+            continue
         lines.append(f"  {name} [{default}]")
         lines += textwrap.wrap(doc, 96, initial_indent="      ", subsequent_indent="      ")
     return "\n".join(lines)

@@ -33,6 +33,8 @@ def _type_name(tp) -> str:
 def _coerce(value: Any, tp, where: str):
     """Converts YAML/CLI values to the annotated type ``tp`` (``where`` names the field)."""
     origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType) and _variants(tp):
+        return _coerce_variant(value, _variants(tp), where)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
@@ -95,8 +97,40 @@ def _coerce(value: Any, tp, where: str):
     return value
 
 
+def _variants(tp) -> dict[str, type] | None:
+    """A union of dataclasses told apart by their ``name`` field (the objective configs):
+    ``{name: class}``, else ``None``."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if not args or not all(dataclasses.is_dataclass(a) and "name" in a.__dataclass_fields__ for a in args):
+        return None
+    return {a.__dataclass_fields__["name"].default: a for a in args}
+
+
+def _coerce_variant(value: Any, variants: dict[str, type], where: str):
+    """The variant that ``value["name"]`` names, built from the rest of ``value``; a key of
+    another variant is refused naming the variants it belongs to."""
+    if isinstance(value, tuple(variants.values())):
+        return value
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}: expected a mapping with a name ({', '.join(variants)}), got {value!r}")
+    name = value.get("name")
+    if name not in variants:
+        raise ConfigError(f"{where}.name: {name!r} is not one of {', '.join(map(repr, variants))}")
+    cls = variants[name]
+    own = {f.name for f in dataclasses.fields(cls)}
+    for key in value:
+        if key not in own:
+            owners = [n for n, c in variants.items() if key in c.__dataclass_fields__]
+            if owners:
+                raise ConfigError(f"{where}.{key} is an option of {where}.name={'|'.join(owners)}, not of "
+                                  f"{where}.name={name}: drop it, or set {where}.name to {' or '.join(owners)}; "
+                                  f"options of {name}: {', '.join(sorted(own - {'name'}))}")
+    return from_dict(cls, value, where)
+
+
 def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
-    """Builds dataclass ``cls`` from a (nested) mapping, rejecting unknown keys by name."""
+    """Builds dataclass ``cls`` from a (nested) mapping, rejecting unknown keys by name. A
+    section of a union of named variants without a ``name`` takes the default's."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
@@ -106,6 +140,10 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
             f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(prefix + u for u in unknown)}; "
             f"valid options{' of ' + where if where else ''}: {', '.join(fields)}"
         )
+    data = dict(data)
+    for k, v in data.items():
+        if isinstance(v, Mapping) and "name" not in v and _variants(hints[k]):
+            data[k] = {"name": _default(fields[k]).name, **v}
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
     try:
         return cls(**kwargs)
@@ -119,40 +157,59 @@ def to_dict(obj) -> dict:
     return dataclasses.asdict(obj)
 
 
-def _field_comments(cls) -> dict[str, str]:
-    """Each field's comment in ``cls``'s source: its trailing ``# ...`` and the ``# ...`` lines
-    just above it (the configs document their fields that way)."""
-    try:
-        lines = inspect.getsource(cls).splitlines()
-    except (OSError, TypeError):
-        return {}
-    comments, above = {}, []
-    for line in lines[1:]:
-        text = line.strip()
-        if text.startswith("#"):
-            above.append(text.lstrip("# "))
+def _default(f: dataclasses.Field):
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
+def field_docs(cls) -> dict[str, str]:
+    """Each field's description from the ``Attributes:`` sections of ``cls``'s docstring and its
+    bases' (Google style: ``name: text``, continued on more-indented lines)."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        text = inspect.cleandoc(klass.__dict__.get("__doc__") or "")
+        if "Attributes:" not in text:
             continue
-        match = re.match(r"(\w+)\s*:[^#]*?(?:#\s*(.*))?$", text)
-        if match and not text.startswith(("def ", "return", '"""')):
-            comments[match[1]] = " ".join([*above, match[2] or ""]).strip()
-        above = []
-    return comments
+        name, indent = None, None
+        for line in text.split("Attributes:", 1)[1].splitlines():
+            if not line.strip():
+                continue
+            depth = len(line) - len(line.lstrip())
+            indent = depth if indent is None else indent
+            match = re.match(r"(\w+): (.*)", line.strip())
+            if depth == indent and match:
+                name = match[1]
+                docs[name] = match[2]
+            elif depth > indent and name:
+                docs[name] += " " + line.strip()
+            else:
+                break
+    return docs
 
 
-def describe_options(cls, prefix: str = "") -> list[tuple[str, str, str]]:
-    """``(dotted name, default, description)`` of every leaf option of a config dataclass."""
+def describe_options(cls, prefix: str = "") -> list[tuple[str, str | None, str]]:
+    """``(dotted name, default, description)`` of every leaf option of a config dataclass. A
+    union of named variants (the objectives) gives, per variant, a heading row (default
+    ``None``: ``objective.name=dpo`` and the first line of its docstring) and its own options."""
     rows = []
     hints = typing.get_type_hints(cls)
-    comments = _field_comments(cls)
+    docs = field_docs(cls)
     for f in dataclasses.fields(cls):
         name = prefix + f.name
         tp = hints[f.name]
+        variants = _variants(tp)
+        if variants:
+            rows.append((f"{name}.name", _default(f).name, f"one of {', '.join(variants)}"))
+            for variant, klass in variants.items():
+                summary = inspect.cleandoc(klass.__doc__ or "").split("\n\n")[0].replace("\n", " ")
+                rows.append((f"{name}.name={variant}", None, summary))
+                rows += [row for row in describe_options(klass, name + ".") if row[0] != f"{name}.name"]
+            continue
         if dataclasses.is_dataclass(tp):
             rows += describe_options(tp, name + ".")
             continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        default = _default(f)
         choices = typing.get_args(tp) if typing.get_origin(tp) is typing.Literal else ()
-        doc = comments.get(f.name, "")
+        doc = docs.get(f.name, "")
         if choices:
             doc = f"one of {', '.join(map(str, choices))}" + (f"; {doc}" if doc else "")
         rows.append((name, "null" if default is None else str(list(default) if isinstance(default, tuple) else default),

@@ -1,4 +1,4 @@
-"""Preference losses against float64 NumPy references written from REFERENCE.md §1's formulas.
+"""Preference losses against float64 NumPy references written from the papers' formulas (and TRL's code).
 
 Every reference here is written out again from the table (never through the module's helpers)
 and compared in float64 (``jax_enable_x64`` on, via the ``x64`` fixture, which restores the flag:
@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxalign.losses import preference as P
-from jaxalign.losses.preference import (
+from jaxalign import losses as P
+from jaxalign.losses import (
     DPO_LOSS_TYPES,
     LOSSES,
     adpa_loss,
@@ -83,7 +83,7 @@ def np_score(h, f_div, alpha):
 
 
 def np_dpo(name, d, beta, eps=0.0, f_div="reverse_kl", alpha=0.5, tau=0.05, bco_delta=0.0):
-    """REFERENCE.md §1's table, one row per branch."""
+    """The DPO family's table (jaxalign.losses.dpo.dpo_loss), one row per branch."""
     cw, cl, rw, rl = d["pc"], d["pr"], d["rc"], d["rr"]
     yw, yl = np.maximum(d["lw"], 1.0), np.maximum(d["ll"], 1.0)
     hw, hl = cw - rw, cl - rl
@@ -388,7 +388,7 @@ def test_preference_metrics(x64):
 
 # ---------------------------------------------------------------- other families
 #
-# Each family: inputs from a seed, a NumPy float64 reference from REFERENCE.md's formula (loops
+# Each family: inputs from a seed, a NumPy float64 reference from the paper's formula (loops
 # where the formula is a sum), and a grid of options. Float64 eagerly, then float32 under jit.
 
 

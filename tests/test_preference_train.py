@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from jaxalign.config import ConfigError, load_recipe
-from jaxalign.losses.preference import DPO_LOSS_TYPES
+from jaxalign.losses import DPO_LOSS_TYPES
 from jaxalign.train.config import TrainConfig
 from jaxalign.train.trainer import Run, train
 from trees import assert_trees_close  # noqa: E402
@@ -122,7 +122,7 @@ OBJECTIVES = {
     "orpo": ["objective.name=orpo"],
     "asft": ["objective.name=asft"],
     "kto": ["objective.name=kto", "data.kind=unpaired"],
-    "d2o": ["objective.name=d2o", "data.kind=negatives", "data.path={negatives}", "objective.options.alpha=0.1"],
+    "d2o": ["objective.name=d2o", "data.kind=negatives", "data.path={negatives}", "objective.alpha=0.1"],
     # every DPO-family loss type at once (MPO), so each one's gradient flows through the engine
     "every-dpo-loss": ["objective.loss_type=" + ",".join(DPO_LOSS_TYPES), "objective.label_smoothing=0.1"],
     "wpo": ["objective.use_weighting=true"],
@@ -296,12 +296,12 @@ def test_remat_saves_activation_memory():
 
 @pytest.mark.parametrize("overrides, message", [
     (["objective.loss_type=sigmoidd"], "sigmoidd"),
-    (["objective.options.simpo_gamma=0.5"], "simpo_gamma"),
+    (["objective.simpo_gamma=0.5"], "simpo_gamma"),
     (["objective.beta=0"], "objective.beta=0.0: must be > 0"),
     (["objective.name=kto"], "data.kind=unpaired"),
     (["data.kind=sentences"], "does not train on data.kind=sentences"),
     (["objective.name=kto", "data.kind=unpaired", "objective.reference=precomputed"], "reference=model"),
-    (["objective.name=simpo", "objective.use_weighting=true"], "DPO-family option"),
+    (["objective.name=simpo", "objective.use_weighting=true"], "use_weighting is an option of objective.name=dpo"),
     (["objective.loss_type=aot", "objective.use_weighting=true"], "not defined for the aot losses"),
     (["objective.sync_ref_model=true", "objective.reference=precomputed"], "sync_ref_model"),
     (["objective.sync_ref_model=true", "model.lora.rank=2"], "frozen base is the reference"),

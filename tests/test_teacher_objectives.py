@@ -89,7 +89,7 @@ def token_mean(x, mask):
 def test_dckd_loss_is_its_formula_on_whole_logits(models, top_k):
     weights = dict(sft_weight=0.5, distill_weight=2.0, chosen_weight=1.0, rejected_weight=0.25)
     run = build("objective.name=dckd", "data.kind=preference", "data.path=builtin:prefs-mini",
-                f"objective.teacher={models['a']}", *(f"objective.options.{k}={v}" for k, v in weights.items()),
+                f"objective.teacher={models['a']}", *(f"objective.{k}={v}" for k, v in weights.items()),
                 *([f"objective.teacher_top_k={top_k}"] if top_k else []))
     loss, metrics, local = step_loss(run)
     task = run.task
@@ -183,11 +183,11 @@ def test_teacher_objective_trains(models, sft_data, name):
     (["objective.name=dckd", "data.kind=preference"], "objective.name=dckd needs objective.teacher"),
     (["objective.name=adpa", "data.kind=sft", "objective.teacher=x"], "needs objective.teacher_reference"),
     (["objective.name=poft", "data.kind=sft"], "needs objective.aligned_models"),
-    (["objective.name=dpo", "data.kind=preference", "objective.teacher_reference=x"], "read by adpa"),
+    (["objective.name=dpo", "data.kind=preference", "objective.teacher_reference=x"], "teacher_reference is an option of objective.name=adpa"),
     (["objective.name=dckd", "data.kind=sft", "objective.teacher=x"], "data.kind=preference"),
     (["objective.name=dckd", "data.kind=preference", "objective.teacher=x", "objective.teacher_top_k=0"],
      "teacher_top_k=0"),
-    (["objective.name=dckd", "data.kind=preference", "objective.teacher=x", "objective.options.gamma=1"], "gamma"),
+    (["objective.name=dckd", "data.kind=preference", "objective.teacher=x", "objective.gamma=1"], "gamma"),
 ])
 def test_bad_teacher_settings_fail_before_loading(overrides, message):
     with pytest.raises((ValueError, ConfigError), match=message):

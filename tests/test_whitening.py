@@ -1,6 +1,6 @@
 """Whitening operators (WhitenedCSE's shuffled group whitening, BERT-whitening) against float64 NumPy.
 
-The references below are written from the formulas in REFERENCE.md section 2, independently of
+The references below are written from the WhitenedCSE paper's formulas, independently of
 ``jaxalign.losses.whitening``: group covariance ``Xcᵀ Xc / N``, ZCA ``U diag(S^-1/2) Uᵀ``,
 Cholesky ``L^-T``, IterNorm's literal recursion, shrinkage ``(1 - eps) Σ + eps I``.
 """

@@ -9,20 +9,28 @@ reference) and the summed-log-prob accuracy without reference are reported along
 training the implicit rewards are all 0 (policy = reference), so those two are the
 meaningful "before" figures, and summed log-probs favour short completions.
 
-Scoring is the training evaluator's: the same tokenisation (TRL's truncation), the same
-chunked log-probs, one compile per length bucket.
+Scoring is training's (:func:`jaxalign.objectives.scoring.score_examples`): the same
+tokenisation (TRL's truncation), the same chunked log-probs, one compile per length bucket.
+:class:`PreferenceEvaluator` runs it during training, :func:`evaluate_preference` on a model
+loaded by name (``jaxalign eval preference``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from jaxalign.config import load_recipe
-from jaxalign.losses.preference import preference_metrics
+from jaxalign.data.preference import TokenizedPreference, load_preference, tokenize_preference
+from jaxalign.losses.dpo import preference_metrics
+from jaxalign.models.decoders import Decoder, load_decoder
+from jaxalign.objectives.scoring import score_examples
+from jaxalign.sharding import MeshConfig, make_mesh
+from jaxalign.sharding.mesh import batch_parallel_size, resolve_axis_sizes
 
 
 def pair_summary(policy: np.ndarray, reference: np.ndarray, lengths: np.ndarray, beta: float) -> dict[str, float]:
@@ -43,6 +51,47 @@ def completion_lengths(examples) -> np.ndarray:
     return np.array([[len(c) for c in ex.completions] for ex in examples], np.float64)
 
 
+class PreferenceEvaluator:
+    """Implicit-reward accuracy and margins on held-out pairs during training, with the initial
+    model as the reference: ``r = β (log π(y|x) - log π_ref(y|x))``, for every objective alike,
+    plus the reference-free accuracies of :func:`pair_summary`. Reference log-probs are computed
+    once, at construction; the first evaluation of a policy that still equals the reference
+    (step 0) reuses them instead of scoring again.
+
+    Args:
+      decoder: the policy's model.
+      tokens: the tokenised held-out pairs.
+      initial: the initial policy's parameters (the reference).
+      mesh: scoring is sharded over it like training.
+      beta: β of the implicit rewards.
+      batch_size, buckets, chunk: scoring's global batch, length buckets and LM-head chunk.
+    """
+
+    def __init__(self, decoder: Decoder, tokens: TokenizedPreference, initial: dict, *, mesh: jax.sharding.Mesh,
+                 beta: float, batch_size: int, buckets: Sequence[int], chunk: int):
+        self.tokens, self.beta = tokens, beta
+        self.score = lambda params, desc: score_examples(decoder, params, tokens, mesh=mesh, batch_size=batch_size,
+                                                         buckets=buckets, chunk=chunk, desc=desc)
+        self._initial = initial
+        self.reference = self.score(initial, "eval reference")
+
+    def __call__(self, policy_params: dict) -> dict[str, float]:
+        initial, self._initial = self._initial, None  # compared once: training donates its buffers
+        policy = self.reference if identical(policy_params, initial) else self.score(policy_params, "eval")
+        summary = pair_summary(policy, self.reference, completion_lengths(self.tokens.examples), self.beta)
+        return {f"eval/{k}": v for k, v in summary.items()}
+
+
+def identical(a, b) -> bool:
+    """Whether two parameter trees hold equal values (False for ``None`` or donated buffers)."""
+    if a is None or b is None or jax.tree.structure(a) != jax.tree.structure(b):
+        return False
+    pairs = list(zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    if any(x.is_deleted() or y.is_deleted() for x, y in pairs):
+        return False
+    return all(x.shape == y.shape and bool(jnp.array_equal(x, y)) for x, y in pairs)
+
+
 def evaluate_preference(
     model: str,
     data: str,
@@ -58,53 +107,50 @@ def evaluate_preference(
     num_layers: int | None = None,
     dtype: str = "float32",
     mesh: tuple[int, int, int] | None = None,
+    buckets: Sequence[int] = (16, 32, 64, 128, 256, 512),
+    logps_chunk: int = 64,
 ) -> dict:
     """Scores every usable pair of ``data`` under ``model`` (and ``ref``); returns TRL's metric
     names over the whole set (see :func:`pair_summary`) plus ``pairs``, ``dropped`` and ``truncated``.
     ``mesh`` (data, fsdp, tensor) defaults to one device, or to every device of a multi-process
     run (whose processes score their shares of each batch together)."""
-    import jax
-
+    if beta <= 0:
+        raise ValueError(f"--beta={beta}: must be > 0")
+    if max_length < 4:
+        raise ValueError(f"--max-length={max_length}: must be >= 4")
     if mesh is None:
         mesh = (-1, 1, 1) if jax.process_count() > 1 else (1, 1, 1)
-    from jaxalign.models.decoders import load_decoder
-    from jaxalign.sharding import MeshConfig, make_mesh
-    from jaxalign.sharding.mesh import resolve_axis_sizes
-    from jaxalign.tasks.preference import PreferenceTask, score_examples
-    from jaxalign.train.config import TrainConfig
-
-    overrides = [f"model.name={model}", f"model.max_length={max_length}", f"model.dtype={dtype}",
-                 "data.kind=preference", f"data.path={data}", f"data.batch_size={batch_size}", "data.shuffle=false",
-                 "objective.name=dpo", f"objective.beta={beta}",
-                 *(f"mesh.{axis}={size}" for axis, size in zip(("data", "fsdp", "tensor"), mesh))]
-    for key, value in (("model.num_layers", num_layers), ("data.max_examples", max_examples),
-                       ("data.max_prompt_length", max_prompt_length),
-                       ("data.max_completion_length", max_completion_length)):
-        if value is not None:
-            overrides.append(f"{key}={value}")
-    cfg = load_recipe(TrainConfig, None, overrides)  # validates every setting before loading
-    if chat_template is not None:  # free text (a Jinja template) does not survive key=value parsing
-        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, chat_template=chat_template))
-    mesh = resolve_axis_sizes(MeshConfig(*mesh), jax.device_count()) if -1 in mesh else mesh
-    if jax.process_count() > 1 and int(np.prod(mesh)) != jax.device_count():
-        raise ValueError(f"mesh {tuple(mesh)}: a multi-process run scores over all {jax.device_count()} devices of "
+    sizes = resolve_axis_sizes(MeshConfig(*mesh), jax.device_count()) if -1 in mesh else tuple(mesh)
+    if jax.process_count() > 1 and int(np.prod(sizes)) != jax.device_count():
+        raise ValueError(f"mesh {tuple(sizes)}: a multi-process run scores over all {jax.device_count()} devices of "
                          "its processes; use --mesh -1,1,1 (or sizes multiplying to that)")
-    devices = jax.devices()[: int(np.prod(mesh))]
-    task = PreferenceTask.build(cfg, make_mesh(cfg.mesh, devices))
-    examples = task.tokens.examples
-    policy = score_examples(task, task.decoder.params, examples, desc="policy")
+    device_mesh = make_mesh(MeshConfig(*sizes), jax.devices()[: int(np.prod(sizes))])
+    shards = batch_parallel_size(device_mesh)
+    if batch_size < 1 or batch_size % shards:
+        raise ValueError(f"--batch-size={batch_size}: must be a positive multiple of the {shards} data-parallel "
+                         f"shards of mesh {tuple(sizes)}")
+    compute_dtype = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
+    decoder = load_decoder(model, mesh=device_mesh, dtype=compute_dtype, num_layers=num_layers)
+    records = load_preference(data, "paired", max_examples)
+    tokens = tokenize_preference(decoder.tokenizer, records, max_length=max_length,
+                                 max_prompt_length=max_prompt_length, max_completion_length=max_completion_length,
+                                 chat_template=chat_template)
+    score = lambda m, params, desc: score_examples(m, params, tokens, mesh=device_mesh, batch_size=batch_size,
+                                                   buckets=buckets, chunk=logps_chunk, desc=desc)
+    policy = score(decoder, decoder.params, "policy")
     if ref is None:
         reference = np.zeros_like(policy)
     else:
-        ref_decoder = load_decoder(ref, mesh=task.mesh, dtype=task.decoder.dtype, num_layers=num_layers)
-        if len(ref_decoder.tokenizer) != len(task.decoder.tokenizer) or ref_decoder.config.vocab_size != task.decoder.config.vocab_size:
+        ref_decoder = load_decoder(ref, mesh=device_mesh, dtype=compute_dtype, num_layers=num_layers)
+        if (len(ref_decoder.tokenizer) != len(decoder.tokenizer)
+                or ref_decoder.config.vocab_size != decoder.config.vocab_size):
             raise ValueError(f"--ref {ref}: its tokenizer/vocabulary differs from --model {model}'s; "
                              "the reference must share the policy's tokenizer")
-        reference = score_examples(task, ref_decoder.params, examples, desc="reference")
-    summary: dict = pair_summary(policy, reference, completion_lengths(examples), beta)
-    summary["pairs"] = len(examples)
-    summary["dropped"] = dict(task.tokens.drops)
-    summary["truncated"] = dict(task.tokens.truncated)
+        reference = score(ref_decoder, ref_decoder.params, "reference")
+    summary: dict = pair_summary(policy, reference, completion_lengths(tokens.examples), beta)
+    summary["pairs"] = len(tokens.examples)
+    summary["dropped"] = dict(tokens.drops)
+    summary["truncated"] = dict(tokens.truncated)
     return summary
 
 

@@ -12,10 +12,15 @@ import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import jax
 import numpy as np
 from scipy.stats import spearmanr
 
 from jaxalign.data.sts import StsTask
+from jaxalign.inference.embed import Embedder
+from jaxalign.models.registry import Encoder
+from jaxalign.ops.pooling import PoolingConfig
+from jaxalign.sharding.mesh import batch_parallel_size
 
 EmbedFn = Callable[[list[str]], np.ndarray]
 
@@ -64,6 +69,24 @@ def evaluate_task(embed: EmbedFn, task: StsTask) -> TaskResult:
 
 def evaluate_sts(embed: EmbedFn, tasks: Sequence[StsTask]) -> list[TaskResult]:
     return [evaluate_task(embed, t) for t in tasks]
+
+
+class StsEvaluator:
+    """Periodic STS evaluation of an encoder being trained: Spearman x 100 of each task's ``all``,
+    averaged over ``tasks``, with unnormalised ``pooling`` (cosine normalises anyway) and global
+    batches of ``batch_size`` rounded down to the mesh's data-parallel shards."""
+
+    def __init__(self, encoder: Encoder, pooling: PoolingConfig, tasks: Sequence[StsTask], *,
+                 mesh: jax.sharding.Mesh, batch_size: int, max_length: int):
+        self.tasks = list(tasks)
+        shards = batch_parallel_size(mesh)
+        self.embedder = Embedder(encoder, dataclasses.replace(pooling, normalize=False),
+                                 batch_size=batch_size - batch_size % shards or shards, max_length=max_length,
+                                 mesh=mesh)
+
+    def __call__(self, encoder_params) -> float:
+        results = evaluate_sts(lambda s: self.embedder(s, params=encoder_params), self.tasks)
+        return average(results)
 
 
 def average(results: Sequence[TaskResult], key: str = "all") -> float:

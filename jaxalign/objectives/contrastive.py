@@ -28,15 +28,14 @@ from jaxalign.losses.whitening import multi_view_sgw
 from jaxalign.models.registry import Encoder
 from jaxalign.objectives import heads
 from jaxalign.ops.pooling import PoolingConfig, pool
-from jaxalign.train.config import ObjectiveConfig
+from jaxalign.objectives.config import ContrastiveObjective as ContrastiveConfig
 
 TEXT_COLUMNS = {"sentences": 1, "nli": 3, "pairs": 2}
-NEEDS_SCORES = ("cosent", "angle", "dse")
 
 
 @dataclasses.dataclass(frozen=True)
 class ContrastiveObjective:
-    cfg: ObjectiveConfig
+    cfg: ContrastiveConfig
     data_kind: str
     encoder: Encoder
     pooling: PoolingConfig
@@ -44,11 +43,7 @@ class ContrastiveObjective:
     num_shards: int = 1  # data-parallel shards, for per-shard whitening statistics
 
     def __post_init__(self):
-        name, kind = self.cfg.name, self.data_kind
-        if name in NEEDS_SCORES and kind != "pairs":
-            raise ValueError(f"objective.name={name} trains on scored pairs: set data.kind=pairs (got {kind})")
-        if name == "whitenedcse" and kind != "sentences":
-            raise ValueError("objective.name=whitenedcse trains on dropout views of sentences: set data.kind=sentences")
+        name = self.cfg.name
         if name == "whitenedcse":
             d, g = self.dim, self.cfg.whitening.groups
             if d % g:
@@ -103,7 +98,7 @@ class ContrastiveObjective:
     def init_head(self, key) -> tuple[dict, dict]:
         if self.cfg.name == "dse":
             return heads.init_pair_head(key, self.dim)
-        if self.cfg.head == "mlp" or self.cfg.name == "whitenedcse":
+        if self.cfg.name == "whitenedcse" or getattr(self.cfg, "head", "none") == "mlp":
             return heads.init_mlp_head(key, self.dim)
         return {}, {}
 
@@ -148,13 +143,13 @@ class ContrastiveObjective:
             return sum(self._info_nce(z[0], zj) for zj in z[1:]), {}
         if name in ("cosent", "angle"):
             fn = cosent if name == "cosent" else angle
-            return fn(e[0], e[1], batch["score"], scale=cfg.cosent_scale), {}
+            return fn(e[0], e[1], batch["score"], scale=cfg.scale), {}
         if name == "2dmse":
             return self._loss_2d(e, rng)
         # dse
         logits = heads.pair_head(head_params, dse_pair_features(e[0], e[1]))
         task = jnp.mean((logits - batch["score"] / 5.0) ** 2)
-        return dse_loss(logits, batch["teacher"], task, alpha=cfg.dse_alpha), {"task_loss": task}
+        return dse_loss(logits, batch["teacher"], task, alpha=cfg.alpha), {"task_loss": task}
 
     def _loss_2d(self, e: jax.Array, rng: jax.Array) -> tuple[jax.Array, dict]:
         """Samples a layer n in [1, L-1] and a Matryoshka dim per step. Both are traced (the dim

@@ -5,7 +5,7 @@ every completion position: sums over the vocabulary of functions of several ``[r
 logits tensors. As for the policy's own log-probs (:mod:`jaxalign.ops.logprobs`), each chunk
 of positions makes its logits, reduces them to one value per position and drops them; the
 teachers' logits carry no gradient. The formulas themselves are
-:func:`jaxalign.losses.preference.forward_kl_terms` and :func:`~jaxalign.losses.preference.expected_advantage`.
+:func:`jaxalign.losses.token_level.forward_kl_terms` and :func:`~jaxalign.losses.token_level.expected_advantage`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxalign.losses.preference import expected_advantage, forward_kl_terms
+from jaxalign.losses.token_level import expected_advantage, forward_kl_terms
 from jaxalign.ops.logprobs import lm_logits, map_chunks
 
 

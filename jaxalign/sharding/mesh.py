@@ -30,11 +30,17 @@ class ShardingConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
-    """Mesh axis sizes; exactly one may be -1, meaning "whatever fills the devices"."""
+    """Mesh axis sizes; exactly one may be -1, meaning "whatever fills the devices".
 
-    data: int = -1  # data parallelism: the batch is split over it
-    fsdp: int = 1  # data parallelism with parameters and optimiser state sharded over it too (ZeRO-3)
-    tensor: int = 1  # tensor parallelism: attention heads and MLP columns split over it
+    Attributes:
+      data: data parallelism: the batch is split over it.
+      fsdp: data parallelism with parameters and optimiser state sharded over it too (ZeRO-3).
+      tensor: tensor parallelism: attention heads and MLP columns split over it.
+    """
+
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
 
     def sizes(self) -> tuple[int, int, int]:
         return (self.data, self.fsdp, self.tensor)

@@ -21,6 +21,9 @@ from jax.sharding import Mesh
 
 from jaxalign.data.pipeline import Pipeline
 from jaxalign.data.stream import BatchStream
+from jaxalign.tasks.contrastive import ContrastiveTask
+from jaxalign.tasks.preference import PreferenceTask
+from jaxalign.train.config import TrainConfig
 
 LogicalAxes = tuple[str | None, ...]
 
@@ -62,14 +65,8 @@ class Task(Protocol):
         """Writes the trained model in its ecosystem's format (Hugging Face checkpoint)."""
 
 
-def build_task(cfg, mesh: Mesh) -> Task:
-    """The task that ``cfg.objective.name`` trains, validated and loaded onto ``mesh``."""
-    from jaxalign.train.config import PREFERENCE_OBJECTIVES
-
-    if cfg.objective.name in PREFERENCE_OBJECTIVES:
-        from jaxalign.tasks.preference import PreferenceTask
-
+def build_task(cfg: TrainConfig, mesh: Mesh) -> Task:
+    """The task that ``cfg.objective`` trains, loaded onto ``mesh``."""
+    if cfg.objective.family == "preference":
         return PreferenceTask.build(cfg, mesh)
-    from jaxalign.tasks.contrastive import ContrastiveTask
-
     return ContrastiveTask.build(cfg, mesh)

@@ -20,8 +20,9 @@ from jaxalign.data.pipeline import Pipeline, streaming_pipeline
 from jaxalign.data.stream import BatchStream, Tokenized, collate
 from jaxalign.data.token_cache import source_fingerprint
 from jaxalign.data.sts import load_sts
-from jaxalign.eval.sts import evaluate_sts
+from jaxalign.eval.sts import StsEvaluator
 from jaxalign.inference.embed import Embedder
+from jaxalign.models.export import export_hf
 from jaxalign.models.registry import Encoder, load_encoder
 from jaxalign.objectives.contrastive import ContrastiveObjective, cached_value_and_grad, loss_fn
 from jaxalign.sharding.mesh import batch_parallel_size
@@ -38,7 +39,7 @@ class ContrastiveTask:
     tokens: Tokenized
     params: dict
     param_axes: dict
-    evaluator: "StsEvaluator | None" = None
+    evaluator: StsEvaluator | None = None
     frozen: dict = dataclasses.field(default_factory=dict)
     frozen_axes: dict = dataclasses.field(default_factory=dict)
     tracked: dict = dataclasses.field(default_factory=dict)
@@ -74,7 +75,9 @@ class ContrastiveTask:
             stream = BatchStream(examples, cfg.data.batch_size, seed=cfg.seed, shuffle=cfg.data.shuffle)
             tokens = Tokenized(encoder.tokenizer, examples, objective.text_columns, cfg.model.max_length)
             task = cls(cfg, mesh, encoder, objective, stream, tokens, params, axes)
-        task.evaluator = StsEvaluator(task)
+        if cfg.eval.data:
+            task.evaluator = StsEvaluator(encoder, pooling, load_sts(cfg.eval.data, split=cfg.eval.split), mesh=mesh,
+                                          batch_size=cfg.eval.batch_size, max_length=cfg.model.max_length)
         return task
 
     def batch_axes(self) -> dict:
@@ -98,12 +101,9 @@ class ContrastiveTask:
         return self.collate(self.stream.next(), self.stream.local)
 
     def evaluate(self, params) -> dict[str, float]:
-        score = self.evaluator(params["encoder"])
-        return {} if score is None else {self.eval_metric: score}
+        return {} if self.evaluator is None else {self.eval_metric: self.evaluator(params["encoder"])}
 
     def export(self, params, directory: str) -> None:
-        from jaxalign.models.export import export_hf
-
         export_hf(self.encoder, jax.device_get(params["encoder"]), directory, self.objective.pooling)
 
 
@@ -118,21 +118,3 @@ def with_teacher_scores(examples: list, cfg: TrainConfig, mesh: jax.sharding.Mes
     cos = (a * b).sum(-1) / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-12)
     return [(*ex, float(c)) for ex, c in zip(examples, cos)]
 
-
-class StsEvaluator:
-    """Periodic STS evaluation of the encoder being trained (Spearman x 100, ``all`` averaged)."""
-
-    def __init__(self, task: ContrastiveTask):
-        cfg = task.cfg.eval
-        self.tasks = load_sts(cfg.data, split=cfg.split) if cfg.data else []
-        pooling = dataclasses.replace(task.objective.pooling, normalize=False)
-        shards = batch_parallel_size(task.mesh)
-        batch = cfg.batch_size - cfg.batch_size % shards or shards
-        self.embedder = Embedder(task.encoder, pooling, batch_size=batch, max_length=task.cfg.model.max_length,
-                                 mesh=task.mesh) if self.tasks else None
-
-    def __call__(self, encoder_params) -> float | None:
-        if not self.tasks:
-            return None
-        results = evaluate_sts(lambda s: self.embedder(s, params=encoder_params), self.tasks)
-        return float(np.mean([r.all for r in results]))

@@ -92,8 +92,7 @@ def run_fingerprint(cfg: TrainConfig, state: Any) -> dict[str, str]:
         "model.lora.rank": str(model.lora.rank),
         "model.lora.targets": ",".join(model.lora.targets) if model.lora.rank else "-",
         "objective.name": objective.name,
-        "objective.head": objective.head,
-        "objective.sync_ref_model": str(objective.sync_ref_model),
+        **{f"objective.{k}": str(getattr(objective, k)) for k in ("head", "sync_ref_model") if hasattr(objective, k)},
         "optimizer": _optimizer_kind(cfg.optim),
         "params": _tree_summary(state.params),
     }

@@ -1,0 +1,85 @@
+"""Sequence log-probabilities of completions under a causal LM, in the step and in batches.
+
+:func:`sequence_logps` is the pure function every preference objective and evaluator reads:
+``[B, C, T]`` token columns (chosen and rejected, or every completion column) through the
+decoder in one forward, per-token log-probs through the LM head in chunks
+(:mod:`jaxalign.ops.logprobs`), so the ``[B*C, T, V]`` logits never exist.
+:func:`score_examples` runs it over a list of tokenised examples in global batches across the
+mesh (every process scores its rows; all receive every score), as reference precomputation,
+PoFT's aligned models and preference evaluation need.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from tqdm.auto import tqdm
+
+from jaxalign.data.preference import TokenizedPreference
+from jaxalign.data.stream import to_global
+from jaxalign.losses.dpo import ld_logps, wpo_weights
+from jaxalign.models.decoders import Decoder
+from jaxalign.ops.logprobs import completion_logps
+from jaxalign.sharding.rules import named_sharding
+
+TOKEN_AXES = {"input_ids": ("batch", None, "length"), "attention_mask": ("batch", None, "length"),
+              "loss_mask": ("batch", None, "length")}
+
+
+def sequence_logps(decoder: Decoder, params: dict, batch: dict, *, chunk: int, ld_alpha: float | None = None,
+                   weights: bool = False):
+    """Summed completion log-probs and completion lengths of ``batch`` under ``params``.
+
+    Args:
+      decoder: the model (its forward and LM head).
+      params: its parameters (the policy, a reference, a LoRA-merged view).
+      batch: ``input_ids``, ``attention_mask``, ``loss_mask``, each ``[B, C, T]``.
+      chunk: sequence positions per LM-head chunk.
+      ld_alpha: LD-DPO's weight of the longer completion's tail (:func:`jaxalign.losses.ld_logps`);
+        ``None``: plain sums.
+      weights: also WPO's per-pair weights.
+
+    Returns:
+      ``(summed [B, C], lengths [B, C])``, and with ``weights`` WPO's ``[B]`` weights third.
+    """
+    ids = batch["input_ids"]
+    b, c, t = ids.shape
+    flat = lambda x: x.reshape(b * c, t)
+    hidden = decoder.hidden(params, flat(ids), flat(batch["attention_mask"]))
+    out = completion_logps(hidden, decoder.unembed_kernel(params), flat(ids), flat(batch["loss_mask"]), chunk=chunk,
+                           log_sum_sq=weights)
+    unflat = lambda x: x.reshape(b, c, t - 1)
+    summed = (ld_logps(unflat(out.per_token), unflat(out.mask), ld_alpha) if ld_alpha is not None
+              else out.summed.reshape(b, c))
+    lengths = out.lengths.reshape(b, c)
+    if not weights:
+        return summed, lengths
+    return summed, lengths, wpo_weights(unflat(out.per_token), unflat(out.log_sum_sq), unflat(out.mask))
+
+
+def score_examples(decoder: Decoder, params: dict, tokens: TokenizedPreference, *, mesh: jax.sharding.Mesh,
+                   batch_size: int, buckets: Sequence[int], chunk: int, ld_alpha: float | None = None,
+                   desc: str = "scoring") -> np.ndarray:
+    """Summed completion log-probs ``[len(tokens), C]`` of every example of ``tokens`` under
+    ``params``, in global batches of ``batch_size`` over ``mesh`` (the tail padded by repeating
+    the last example), compiled once per length bucket; a progress bar on process 0 when there
+    is more than one batch."""
+    shardings = {k: named_sharding(mesh, axes) for k, axes in TOKEN_AXES.items()}
+    fn = jax.jit(lambda p, b: sequence_logps(decoder, p, b, chunk=chunk, ld_alpha=ld_alpha)[0])
+    local = batch_size // jax.process_count()
+    mine = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
+    examples = tokens.examples
+    rows = []
+    for start in tqdm(range(0, len(examples), batch_size), desc=desc, unit="batch",
+                      disable=len(examples) <= batch_size or jax.process_index() > 0):
+        part = list(examples[start:start + batch_size])
+        part += [part[-1]] * (batch_size - len(part))
+        batch = tokens.collate(part, buckets, local=mine)
+        batch = to_global({k: batch[k] for k in shardings}, shardings)
+        with jax.set_mesh(mesh):
+            logps = fn(params, batch)
+        rows.append(np.asarray(multihost_utils.process_allgather(logps, tiled=True)))
+    return np.concatenate(rows)[: len(examples)]
