@@ -1,4 +1,5 @@
-"""The ``jaxalign`` command line: ``embed``, ``generate``, ``train``, ``eval sts`` and ``eval preference``.
+"""The ``jaxalign`` command line: ``embed``, ``generate``, ``train``, ``eval sts``, ``eval mteb`` and
+``eval preference``.
 
 Every subcommand validates its inputs (model, data, mesh, shapes) before compiling anything
 and reports bad input as one line naming the file/field and the fix, without a traceback.
@@ -173,6 +174,33 @@ def cmd_eval_sts(args) -> int:
     return 0
 
 
+def cmd_eval_mteb(args) -> int:
+    from rich.console import Console
+
+    try:
+        from jaxalign.eval import mteb as mteb_eval
+    except ImportError as e:  # the optional extra is missing: one line saying what to install
+        raise ValueError(str(e)) from None
+    tasks = mteb_eval.resolve_tasks(args.tasks)
+    for task in tasks:  # every task's data before the model: an unreachable one fails first
+        mteb_eval.load_task_data(task)
+    embedder = _embedder(args)
+    meta = mteb_eval.embedder_meta(embedder, args.name or mteb_eval.mteb_name(args.model),
+                                   {"dtype": args.dtype} if args.dtype != "float32" else None)
+    model = mteb_eval.MtebEncoder(lambda s: embedder(s, progress=True), meta)
+    cache = mteb_eval.ResultCache(args.output_dir) if _main_process() else None
+    scores = mteb_eval.evaluate(model, tasks, cache)
+    if not _main_process():
+        return 0
+    Console().print(mteb_eval.render_table(scores, title=f"MTEB, {args.model} (main score x 100)"))
+    print(f"wrote mteb result files to {cache.get_task_result_path(scores[0].task, meta).parent}")
+    if args.json:
+        mteb_eval.write_json(args.json, scores, {"model": args.model, "name": meta.name, "dtype": args.dtype,
+                                                 "pooling": str(embedder.pooling)})
+        print(f"wrote {args.json}")
+    return 0
+
+
 def cmd_eval_preference(args) -> int:
     from rich.console import Console
 
@@ -335,6 +363,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     _add_launch_args(p)
     p.set_defaults(func=cmd_eval_sts)
+
+    p = ev_sub.add_parser(
+        "mteb", help="MTEB tasks through mteb's own evaluation (pip install 'jaxalign[mteb]')",
+        description="Runs each task through mteb.evaluate with the model as an mteb encoder (cosine similarity), "
+                    "prints each task's main score and writes mteb's result files. A task's data comes from the "
+                    "Hugging Face hub, or its local cache when offline (HF_HUB_OFFLINE=1).",
+    )
+    p.add_argument("--tasks", nargs="+", required=True, metavar="TASK",
+                   help="mteb task names (STSBenchmark, SICK-R, ...) or sts:SPEC for a local STS data set, SPEC being "
+                        "anything `eval sts --data` takes (sts:builtin:sts-mini, sts:path/sts-test.csv)")
+    p.add_argument("--output-dir", default=None,
+                   help="where mteb writes its result files (results/<name>/<revision>/<task>.json). "
+                        "Default: mteb's cache ($MTEB_CACHE, else ~/.cache/mteb)")
+    p.add_argument("--name", default=None, metavar="ORG/NAME",
+                   help="the model's name in mteb's results. Default: jaxalign/<the model's last path component>")
+    p.add_argument("--json", default=None, help="also write the main scores to this JSON file")
+    _add_model_args(p)
+    _add_launch_args(p)
+    p.set_defaults(func=cmd_eval_mteb)
 
     p = ev_sub.add_parser(
         "preference", help="implicit-reward accuracy and margins on preference pairs",
