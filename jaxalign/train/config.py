@@ -223,9 +223,17 @@ class EvalConfig:
 
 @dataclasses.dataclass(frozen=True)
 class LogConfig:
-    dir: str | None = None  # metrics.jsonl and TensorBoard events; null: no files
+    dir: str | None = None  # metrics.jsonl, TensorBoard events and W&B's files; null: no files
     every: int = 10  # steps between logged metrics (the only host syncs of the loop)
     tensorboard: bool = True  # also TensorBoard events beside metrics.jsonl
+    # also log every row to a Weights & Biases run, with the resolved config as its config
+    # (process 0; needs pip install 'jaxalign[wandb]'). A resumed run starts a new W&B run
+    wandb: bool = False
+    wandb_project: str = "jaxalign"  # the W&B project
+    wandb_name: str | None = None  # the W&B run's name; null: log.dir's last part, else W&B's own
+    # online: stream to the W&B server (after `wandb login`); offline: W&B's files only (in
+    # log.dir/wandb, else ./wandb), for `wandb sync` later; null: $WANDB_MODE, else online
+    wandb_mode: Literal["online", "offline"] | None = None
 
     def __post_init__(self):
         _check(self.every >= 1, f"log.every={self.every}: must be >= 1")
