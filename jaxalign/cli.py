@@ -1,5 +1,5 @@
-"""The ``jaxalign`` command line: ``embed``, ``generate``, ``train``, ``eval sts``, ``eval mteb`` and
-``eval preference``.
+"""The ``jaxalign`` command line: ``embed``, ``generate``, ``train``, ``eval sts``, ``eval mteb``,
+``eval preference`` and ``plot``.
 
 Every subcommand validates its inputs (model, data, mesh, shapes) before compiling anything
 and reports bad input as one line naming the file/field and the fix, without a traceback.
@@ -262,6 +262,20 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_plot(args) -> int:
+    from jaxalign.viz import plot_benchmarks, plot_runs
+
+    size = tuple(args.size) if args.size else None
+    if args.benchmark:
+        if args.metrics:
+            raise ValueError("--metrics picks the curves of runs; drop it with --benchmark")
+        plot_benchmarks(args.paths, args.output, labels=args.label, size=size)
+    else:
+        plot_runs(args.paths, args.output, args.metrics, labels=args.label, size=size)
+    print(f"wrote {args.output}")
+    return 0
+
+
 def _options_reference() -> str:
     """Every training option with its default and what it does, from the typed config."""
     from jaxalign.config import describe_options
@@ -413,6 +427,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     _add_launch_args(p)
     p.set_defaults(func=cmd_eval_preference)
+
+    p = sub.add_parser(
+        "plot", help="draw runs' training curves, or benchmark results, as an image",
+        description="Draw the metrics.jsonl of each RUN_DIR (a run's log.dir) in one figure: a panel per metric "
+                    "group (loss, learning rate, gradient norm, STS; reward margins and accuracies for preference "
+                    "runs, training solid and eval dashed), one colour per run. With --benchmark, the paths are "
+                    "result files of one benchmark script (benchmarks/results/*.json), drawn as bar charts.")
+    p.add_argument("paths", nargs="+", metavar="RUN_DIR", help="run directories (or their metrics.jsonl); "
+                   "with --benchmark, benchmark JSON files")
+    p.add_argument("--output", "-o", default="plot.png",
+                   help="the image to write: PNG, or .svg / .pdf by its suffix. Default: %(default)s")
+    p.add_argument("--metrics", nargs="+", metavar="KEY", default=None,
+                   help="draw these metrics.jsonl keys instead (e.g. loss eval/sts logps/chosen); after the RUN_DIRs")
+    p.add_argument("--label", action="append", default=None,
+                   help="a legend label, once per path in order (same label, same bar group with --benchmark). "
+                        "Default: each directory's or file's name")
+    p.add_argument("--size", nargs=2, type=int, default=None, metavar=("WIDTH", "HEIGHT"),
+                   help="image size in pixels. Default: 480x340 per panel (wider for bar charts)")
+    p.add_argument("--benchmark", action="store_true", help="the paths are benchmark results: draw bar charts")
+    p.set_defaults(func=cmd_plot)
     return parser
 
 
@@ -429,7 +463,8 @@ def main(argv: list[str] | None = None) -> int:
     from jaxalign import distributed
 
     try:
-        _join(args)
+        if hasattr(args, "coordinator"):  # commands without launch flags (plot) never join a run
+            _join(args)
         distributed.configure_logging(logging.INFO if args.verbose else logging.WARNING)
         return args.func(args)
     except (ValueError, FileNotFoundError, distributed.DistributedError) as e:

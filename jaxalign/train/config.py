@@ -233,18 +233,28 @@ class EvalConfig:
 
 @dataclasses.dataclass(frozen=True)
 class LogConfig:
-    """Where metrics go: metrics.jsonl and TensorBoard events.
+    """Where metrics go: metrics.jsonl, TensorBoard events and, optionally, Weights & Biases.
 
     Attributes:
-      dir: metrics.jsonl and TensorBoard events; null: no files
+      dir: metrics.jsonl, TensorBoard events and W&B's files; null: no files.
       every: steps between logged metrics (host syncs of the loop: these, and reading each
-        step's finite flag)
-      tensorboard: also TensorBoard events beside metrics.jsonl
+        step's finite flag).
+      tensorboard: also TensorBoard events beside metrics.jsonl.
+      wandb: also log every row to a Weights & Biases run, with the resolved config as its config
+        (process 0; needs pip install 'jaxalign[wandb]'). A resumed run starts a new W&B run.
+      wandb_project: the W&B project.
+      wandb_name: the W&B run's name; null: log.dir's last part, else W&B's own.
+      wandb_mode: online: stream to the W&B server (after `wandb login`); offline: W&B's files
+        only (in log.dir/wandb, else ./wandb), for `wandb sync` later; null: $WANDB_MODE, else online.
     """
 
     dir: str | None = None
     every: int = 10
     tensorboard: bool = True
+    wandb: bool = False
+    wandb_project: str = "jaxalign"
+    wandb_name: str | None = None
+    wandb_mode: Literal["online", "offline"] | None = None
 
     def __post_init__(self):
         _check(self.every >= 1, f"log.every={self.every}: must be >= 1")

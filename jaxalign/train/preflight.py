@@ -12,6 +12,7 @@ import uuid
 from jaxalign.config import ConfigError
 from jaxalign.train.checkpoint import check_directory, checkpoint_path
 from jaxalign.train.config import TrainConfig
+from jaxalign.train.metrics import check_wandb_installed
 
 
 def check_writable_dir(path: str, field: str) -> None:
@@ -32,9 +33,12 @@ def check_writable_dir(path: str, field: str) -> None:
 
 def check_run_dirs(cfg: TrainConfig) -> None:
     """``log.dir`` and ``checkpoint.dir`` are writable directories, and ``checkpoint.dir`` holds
-    nothing this run would destroy or wrongly continue (:func:`check_directory`)."""
+    nothing this run would destroy or wrongly continue (:func:`check_directory`); wandb is
+    installed if ``log.wandb`` asks for it."""
     if cfg.log.dir:
         check_writable_dir(cfg.log.dir, "log.dir")
+    if cfg.log.wandb:
+        check_wandb_installed()
     if cfg.checkpoint.dir:
         check_writable_dir(cfg.checkpoint.dir, "checkpoint.dir")
         check_directory(cfg.checkpoint, cfg.steps)

@@ -2,7 +2,7 @@
 
 Builds the mesh, model, objective, data stream and optimiser from the config; validates
 everything static (shapes, divisibility, options) before compiling; then runs the jitted
-step with a progress bar, periodic STS evaluation, metrics to JSONL/TensorBoard and Orbax
+step with a progress bar, periodic STS evaluation, metrics to JSONL/TensorBoard/W&B and Orbax
 checkpoints, resuming exactly where a previous run of the same directory stopped.
 """
 
@@ -160,7 +160,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, stop_at: int | None = None
 def _run(cfg: TrainConfig, run: Run, *, progress: bool, end: int) -> dict:
     """The loop of :func:`train` over a built run: resume, evaluate, step, log, checkpoint."""
     task = run.task
-    writer = MetricsWriter(cfg.log.dir if distributed.is_main() else None, cfg.log.tensorboard)
+    writer = MetricsWriter.for_run(cfg) if distributed.is_main() else MetricsWriter(None)
     state = run.init_state()
     ckpt = Checkpointer(cfg.checkpoint, run_fingerprint(cfg, state)) if cfg.checkpoint.dir else None
     restored = ckpt.resume(state) if ckpt is not None and cfg.checkpoint.resume else None
