@@ -4,7 +4,7 @@ What: median time of one DPO optimiser step (sigmoid loss, beta 0.1, reference m
 tokens per second and MFU, for two implementations in one process, on the same fixed batch of
 ``--pairs`` preference pairs, each sequence (prompt + completion) exactly ``--length`` tokens:
 
-* ``jaxalign``: the engine's real step, ``jaxalign.train.trainer.Run.step_fn()`` (jit with explicit
+* ``jaxalign``: the engine's real step, ``jaxalign.training.trainer.Run.step_fn()`` (jit with explicit
   shardings, donated state): one policy forward + backward over the ``2 x pairs`` chosen and
   rejected rows, the reference forward (no gradient) over the same rows, per-token log-probs
   through the LM head in chunks, the DPO loss, the non-finite guard,
@@ -288,8 +288,8 @@ class JaxSide:
         import jax
 
         from jaxalign.config import load_recipe
-        from jaxalign.train.config import TrainConfig
-        from jaxalign.train.trainer import Run
+        from jaxalign.config.run import TrainConfig
+        from jaxalign.training.trainer import Run
 
         self.overrides = [
             f"model.name={model_dir}", "model.dtype=float32", "model.dropout=false", f"model.max_length={args.length}",

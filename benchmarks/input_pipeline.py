@@ -188,8 +188,8 @@ def host_fraction(path: str, pipeline: str, cache_dir: Path, args) -> dict:
     import jax
 
     from jaxalign.config import load_recipe
-    from jaxalign.train.config import TrainConfig
-    from jaxalign.train.trainer import Run
+    from jaxalign.config.run import TrainConfig
+    from jaxalign.training.trainer import Run
 
     overrides = [f"data.path={path}", f"data.max_examples={args.step_examples}", f"data.pipeline={pipeline}",
                  f"data.cache_dir={cache_dir}", "eval.data=null", "log.dir=null", "checkpoint.dir=null"]

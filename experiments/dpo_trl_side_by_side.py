@@ -1,7 +1,7 @@
 """DPO side by side: jaxalign's training engine against TRL's ``DPOTrainer``, step for step.
 
 What: trains the same causal LM with the DPO (sigmoid) loss twice -- once with jaxalign exactly as
-``jaxalign train`` runs it (``jaxalign.train.trainer.train(cfg)``), once with TRL's
+``jaxalign train`` runs it (``jaxalign.training.trainer.train(cfg)``), once with TRL's
 ``DPOTrainer`` (``trainer.train()``) -- and prints both runs' per-step loss, gradient norm and
 logged metrics side by side.
 
@@ -218,8 +218,8 @@ def run_jaxalign(overrides: list[str], log_dir: Path) -> dict:
     from jaxalign.config import load_recipe
     from jaxalign.data.stream import BatchStream
     from jaxalign.tasks.preference import PreferenceTask
-    from jaxalign.train.config import TrainConfig
-    from jaxalign.train.trainer import train
+    from jaxalign.config.run import TrainConfig
+    from jaxalign.training.trainer import train
 
     cfg = load_recipe(TrainConfig, None, overrides)
     indices, batches = [], []

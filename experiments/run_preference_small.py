@@ -64,8 +64,8 @@ def main() -> None:
 def run(name: str, args, out_dir: Path) -> None:
     """Trains one recipe (evaluating at its first and last step) and writes its result file."""
     from jaxalign.config import load_recipe, to_dict
-    from jaxalign.train.config import TrainConfig
-    from jaxalign.train.trainer import train
+    from jaxalign.config.run import TrainConfig
+    from jaxalign.training.trainer import train
 
     overrides = [f"log.dir=runs/{name}", "checkpoint.dir=null"]
     if args.steps:

@@ -42,8 +42,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from jaxalign.config import load_recipe
-    from jaxalign.train.config import TrainConfig
-    from jaxalign.train.trainer import train
+    from jaxalign.config.run import TrainConfig
+    from jaxalign.training.trainer import train
 
     data = Path(args.data)
     out_dir = HERE / "results"

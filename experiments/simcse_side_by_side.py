@@ -86,7 +86,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def load_config(args):
     """The jaxalign TrainConfig, resolved exactly as ``jaxalign train <recipe> <overrides>`` would."""
     from jaxalign.config import load_recipe
-    from jaxalign.train.config import TrainConfig
+    from jaxalign.config.run import TrainConfig
 
     overrides = [
         f"steps={args.steps}", "log.every=1", "log.dir=null", "checkpoint.dir=null", "eval.data=null",
@@ -128,7 +128,7 @@ def checkpoint_pooling(path: Path) -> tuple[str, int]:
 
 
 def run_jaxalign(cfg, progress: bool) -> dict:
-    from jaxalign.train.trainer import train
+    from jaxalign.training.trainer import train
 
     start = time.perf_counter()
     summary = train(cfg, progress=progress)

@@ -228,7 +228,7 @@ def cmd_train(args) -> int:
     from rich.console import Console
 
     from jaxalign.config import load_recipe, to_dict
-    from jaxalign.train.config import TrainConfig
+    from jaxalign.config.run import TrainConfig
 
     cfg = load_recipe(TrainConfig, args.recipe, args.overrides)
     if args.print_config:
@@ -236,7 +236,7 @@ def cmd_train(args) -> int:
 
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         return 0
-    from jaxalign.train.trainer import train
+    from jaxalign.training.trainer import train
 
     summary = train(cfg)
     if not _main_process():
@@ -279,7 +279,7 @@ def cmd_plot(args) -> int:
 def _options_reference() -> str:
     """Every training option with its default and what it does, from the typed config."""
     from jaxalign.config import describe_options
-    from jaxalign.train.config import TrainConfig
+    from jaxalign.config.run import TrainConfig
 
     lines = ["options (KEY=VALUE; default in brackets). Each objective has its own options, listed under it:"]
     for name, default, doc in describe_options(TrainConfig):
@@ -454,7 +454,7 @@ def _diverged(error: BaseException) -> bool:
     """Whether ``error`` is the trainer's NonFiniteError, whose message already says what to
     change. Looked up rather than imported: only a run that loaded the trainer can raise it, and
     the other commands need not import it."""
-    trainer = sys.modules.get("jaxalign.train.trainer")
+    trainer = sys.modules.get("jaxalign.training.trainer")
     return trainer is not None and isinstance(error, trainer.NonFiniteError)
 
 

@@ -9,7 +9,7 @@ one process of all the devices is the reference a multi-process run must equal.
 
 ``python tests/mp_harness.py SCENARIOS.json OUT_DIR`` is the worker :func:`train_scenarios`
 launches: it runs each scenario (recipe overrides, optionally ``stop_at``) through
-:func:`jaxalign.train.trainer.train` and has process 0 write ``OUT_DIR/<name>.npz`` with the
+:func:`jaxalign.training.trainer.train` and has process 0 write ``OUT_DIR/<name>.npz`` with the
 per-step losses and the final trained parameters, gathered from every process.
 """
 
@@ -108,8 +108,8 @@ def _worker(spec: str, out: str) -> None:
 
     from jaxalign import distributed
     from jaxalign.config import load_recipe
-    from jaxalign.train.config import TrainConfig
-    from jaxalign.train.trainer import train
+    from jaxalign.config.run import TrainConfig
+    from jaxalign.training.trainer import train
 
     distributed.initialize()
     for scenario in json.loads(Path(spec).read_text()):

@@ -3,7 +3,7 @@
 import pytest
 
 from jaxalign.config import ConfigError, load_recipe, parse_overrides
-from jaxalign.train.config import TrainConfig
+from jaxalign.config.run import TrainConfig
 
 
 def test_recipe_and_overrides(tmp_path):
@@ -51,7 +51,7 @@ def test_an_option_of_another_objective_is_named(overrides, message):
 
 
 def test_each_objective_has_its_own_typed_options(tmp_path):
-    from jaxalign.objectives.config import DPO, OBJECTIVES, SimPO
+    from jaxalign.config.objectives import DPO, OBJECTIVES, SimPO
 
     cfg = load_recipe(TrainConfig, None, ["objective.name=simpo", "data.kind=preference"])
     assert isinstance(cfg.objective, SimPO) and cfg.objective.beta == 2.0  # SimPO's own default

@@ -16,10 +16,10 @@ from jaxalign.config import ConfigError, load_recipe
 from jaxalign.data.corpora import read_sentences
 from jaxalign.data.errors import DataFormatError
 from jaxalign.data.preference import load_preference
-from jaxalign.train.checkpoint import Checkpointer, ResumeError, run_fingerprint
-from jaxalign.train.config import TrainConfig
-from jaxalign.train.metrics import MetricsWriter
-from jaxalign.train.trainer import NonFiniteError, Run, nonfinite_message, train
+from jaxalign.training.checkpoint import Checkpointer, ResumeError, run_fingerprint
+from jaxalign.config.run import TrainConfig
+from jaxalign.training.metrics import MetricsWriter
+from jaxalign.training.trainer import NonFiniteError, Run, nonfinite_message, train
 
 SMALL = ["model.num_layers=1", "model.max_length=16", "data.batch_size=16", "data.buckets=16", "eval.data=null",
          "log.every=1", "log.tensorboard=false", "checkpoint.every=2", "steps=4"]
@@ -157,7 +157,7 @@ def _train_raising(monkeypatch, error: BaseException) -> None:
     def fail(cfg, **kwargs):
         raise error
 
-    monkeypatch.setattr("jaxalign.train.trainer.train", fail)
+    monkeypatch.setattr("jaxalign.training.trainer.train", fail)
 
 
 def test_cli_prints_a_nonfinite_stop_as_one_line(monkeypatch, capsys, recipe):
@@ -207,7 +207,7 @@ def test_metrics_rows_of_steps_run_again_are_dropped(tmp_path):
 
 def test_checkpoint_dir_may_be_a_bucket_url():
     """gs:// (and any epath URL) stays a URL; a local path becomes absolute, with ~ expanded."""
-    from jaxalign.train.checkpoint import checkpoint_path
+    from jaxalign.config.run import checkpoint_path
 
     assert str(checkpoint_path("gs://bucket/runs/dpo")) == "gs://bucket/runs/dpo"
     assert str(checkpoint_path("~/runs/x")) == str(Path.home() / "runs" / "x")

@@ -7,8 +7,8 @@ import pytest
 
 from jaxalign.config import load_recipe
 from jaxalign.data import corpora
-from jaxalign.train.config import TrainConfig
-from jaxalign.train.trainer import train
+from jaxalign.config.run import TrainConfig
+from jaxalign.training.trainer import train
 
 TINY = ["model.num_layers=1", "model.max_length=16", "data.batch_size=8", "data.buckets=16", "eval.data=null",
         "log.every=1", "steps=2", "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"]

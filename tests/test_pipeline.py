@@ -285,8 +285,8 @@ def test_training_streams_the_same_run_and_resumes_exactly(tmp_path):
     """jaxalign train with data.pipeline=streaming: the memory path's losses, step for step,
     also when stopped after 2 steps (an epoch: 2 batches of 16) and resumed (with read-ahead on)."""
     from jaxalign.config import load_recipe
-    from jaxalign.train.config import TrainConfig
-    from jaxalign.train.trainer import train
+    from jaxalign.config.run import TrainConfig
+    from jaxalign.training.trainer import train
 
     common = ["model.num_layers=1", "model.max_length=16", "data.batch_size=16", "data.buckets=16",
               "eval.data=null", "log.every=1", "steps=4", "checkpoint.every=2", "data.max_examples=40"]

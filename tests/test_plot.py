@@ -11,8 +11,8 @@ import pytest
 
 from jaxalign.cli import main
 from jaxalign.config import ConfigError, load_recipe
-from jaxalign.train.config import TrainConfig
-from jaxalign.train.metrics import MetricsWriter, read_metrics
+from jaxalign.config.run import TrainConfig
+from jaxalign.training.metrics import MetricsWriter, read_metrics
 from jaxalign.viz import PlotError, plot_benchmarks, plot_runs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,7 +30,7 @@ def tiny_config(log_dir: Path, *overrides: str) -> TrainConfig:
 def trained(tmp_path_factory):
     """A 3-step quickstart run (STS evaluated at steps 0 and 3) logging to metrics.jsonl and to
     an offline W&B run, with W&B's own files kept in the test's directory."""
-    from jaxalign.train.trainer import train
+    from jaxalign.training.trainer import train
 
     root = tmp_path_factory.mktemp("trained")
     with pytest.MonkeyPatch.context() as mp:

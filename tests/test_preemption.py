@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from jaxalign.config import load_recipe
-from jaxalign.train.config import TrainConfig
-from jaxalign.train.trainer import Run, train
+from jaxalign.config.run import TrainConfig
+from jaxalign.training.trainer import Run, train
 
 SMALL = ["model.num_layers=1", "model.max_length=16", "data.batch_size=8", "data.buckets=16", "eval.data=null",
          "log.every=1", "steps=6", "checkpoint.every=2"]

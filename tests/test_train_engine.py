@@ -9,8 +9,8 @@ from jaxalign.config import load_recipe
 from jaxalign.data.stream import collate, to_global
 from jaxalign.objectives.contrastive import cached_value_and_grad, loss_fn
 from jaxalign.tasks.contrastive import ContrastiveTask
-from jaxalign.train.config import TrainConfig
-from jaxalign.train.trainer import NonFiniteError, Run, train
+from jaxalign.config.run import TrainConfig
+from jaxalign.training.trainer import NonFiniteError, Run, train
 from trees import assert_trees_close  # noqa: E402
 
 SMALL = ["model.num_layers=1", "model.max_length=16", "data.batch_size=16", "data.buckets=16", "eval.data=null",

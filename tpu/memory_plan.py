@@ -10,7 +10,7 @@ slice would; only the fusion decisions, and so the temporaries, differ somewhat 
 backends, so treat the figures as an estimate with some tens of percent of margin.
 
 What is compiled is the engine's own step: ``Run.build(cfg).step_fn()`` of
-:mod:`jaxalign.train.trainer` for the recipe (default ``experiments/dpo_hh_full.yaml``: DPO
+:mod:`jaxalign.training.trainer` for the recipe (default ``experiments/dpo_hh_full.yaml``: DPO
 sigmoid loss, reference log-probs precomputed, bf16 compute with fp32 master weights, AdamW
 with clipping), with the decoder built abstractly from its shapes (``nnx.eval_shape``; no
 weights are read or allocated) and every argument a ``jax.ShapeDtypeStruct``. The default
@@ -144,9 +144,9 @@ def compile_step(args, layers: int) -> dict:
 
     from jaxalign.config import load_recipe
     from jaxalign.tasks.preference import PreferenceTask
-    from jaxalign.train.config import TrainConfig
-    from jaxalign.train.step import TrainState
-    from jaxalign.train.trainer import Run
+    from jaxalign.config.run import TrainConfig
+    from jaxalign.training.step import TrainState
+    from jaxalign.training.trainer import Run
 
     data, fsdp, tensor = args.mesh.split(",")
     cfg = load_recipe(TrainConfig, REPO / args.recipe, [
@@ -168,7 +168,7 @@ def compile_step(args, layers: int) -> dict:
 
     # Run.build is the engine's own construction of shardings and optimiser; only the task
     # (which would load weights and data) is swapped for the abstract one.
-    with mock.patch("jaxalign.train.trainer.build_task", build_task):
+    with mock.patch("jaxalign.training.trainer.build_task", build_task):
         run = Run.build(cfg)
     task = run.task
     state = jax.eval_shape(lambda p: TrainState.create(p, run.optimizer, cfg.seed), task.params)
@@ -178,7 +178,7 @@ def compile_step(args, layers: int) -> dict:
               "ref_logps": ((args.pairs, 2), jnp.float32)}
     batch = {k: jax.ShapeDtypeStruct(*shapes[k]) for k in task.batch_axes()}
     t0 = time.perf_counter()
-    with jax.set_mesh(run.mesh):  # as jaxalign.train.trainer.train runs the step
+    with jax.set_mesh(run.mesh):  # as jaxalign.training.trainer.train runs the step
         lowered = run.step_fn().lower(state, batch, task.frozen)
     t1 = time.perf_counter()
     stats = lowered.compile().memory_analysis()

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from jaxalign.train.config import LoraConfig
+from jaxalign.config.run import LoraConfig
 from jaxalign.weights.loader import ParamRule, flatten, unflatten
 
 ADAPTER_CONFIG = "adapter_config.json"

@@ -28,7 +28,7 @@ from jaxalign.losses.whitening import multi_view_sgw
 from jaxalign.models.registry import Encoder
 from jaxalign.objectives import heads
 from jaxalign.ops.pooling import PoolingConfig, pool
-from jaxalign.objectives.config import ContrastiveObjective as ContrastiveConfig
+from jaxalign.config.objectives import ContrastiveObjective as ContrastiveConfig
 
 TEXT_COLUMNS = {"sentences": 1, "nli": 3, "pairs": 2}
 

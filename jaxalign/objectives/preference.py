@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from jaxalign import losses
 from jaxalign.models import lora as lora_lib
 from jaxalign.models.decoders import Decoder
-from jaxalign.objectives import config as objectives
+from jaxalign.config import objectives
 from jaxalign.objectives.scoring import TOKEN_AXES, sequence_logps
 from jaxalign.ops.teacher import advantage_expectation, distill_kl
 
@@ -98,7 +98,7 @@ class PreferenceObjective:
     """A preference objective over a decoder, with the parameter layout the task built.
 
     Attributes:
-      cfg: the objective's options (:mod:`jaxalign.objectives.config`).
+      cfg: the objective's options (:mod:`jaxalign.config.objectives`).
       decoder: the policy's model.
       teachers: DCKD's ``teacher``, ADPA's ``teacher`` and ``teacher_reference`` (frozen).
       lora_scale: ``alpha / rank`` when the policy is LoRA adapters over a frozen base, else None.

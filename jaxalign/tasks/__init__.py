@@ -2,7 +2,7 @@
 
 A *task* bundles everything that differs between kinds of training -- which model(s) to
 load, how examples become batches, the loss, what to evaluate and how to export -- behind
-one small interface, so that :mod:`jaxalign.train.trainer` (loop, shardings, optimiser,
+one small interface, so that :mod:`jaxalign.training.trainer` (loop, shardings, optimiser,
 checkpoints, logging) is written once. Two tasks exist:
 
 * :class:`jaxalign.tasks.contrastive.ContrastiveTask`: sentence encoders (SimCSE,
@@ -23,7 +23,7 @@ from jaxalign.data.pipeline import Pipeline
 from jaxalign.data.stream import BatchStream
 from jaxalign.tasks.contrastive import ContrastiveTask
 from jaxalign.tasks.preference import PreferenceTask
-from jaxalign.train.config import TrainConfig
+from jaxalign.config.run import TrainConfig
 
 LogicalAxes = tuple[str | None, ...]
 

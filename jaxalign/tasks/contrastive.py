@@ -26,7 +26,7 @@ from jaxalign.models.export import export_hf
 from jaxalign.models.registry import Encoder, load_encoder
 from jaxalign.objectives.contrastive import ContrastiveObjective, cached_value_and_grad, loss_fn
 from jaxalign.sharding.mesh import batch_parallel_size
-from jaxalign.train.config import TrainConfig
+from jaxalign.config.run import TrainConfig
 
 
 @dataclasses.dataclass

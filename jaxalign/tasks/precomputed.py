@@ -23,8 +23,8 @@ from jaxalign.data.preference import PreferenceExample, PreferenceRecord, Tokeni
 from jaxalign.eval.preference import completion_lengths
 from jaxalign.models.decoders import Decoder, load_decoder
 from jaxalign.objectives.scoring import score_examples
-from jaxalign.train.checkpoint import checkpoint_path
-from jaxalign.train.config import TrainConfig
+from jaxalign.config.run import checkpoint_path
+from jaxalign.config.run import TrainConfig
 
 log = logging.getLogger(__name__)
 

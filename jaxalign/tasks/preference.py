@@ -28,7 +28,7 @@ from jaxalign.models.export import export_decoder
 from jaxalign.models.llama import weights as llama_weights
 from jaxalign.objectives.preference import BATCH_AXES, TEACHERS, PreferenceObjective
 from jaxalign.tasks import precomputed
-from jaxalign.train.config import TrainConfig
+from jaxalign.config.run import TrainConfig
 
 DATA_KIND = {"preference": "paired", "unpaired": "unpaired", "negatives": "negatives", "sft": "sft"}
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from jaxalign.train.metrics import read_metrics
+from jaxalign.training.metrics import read_metrics
 from jaxalign.viz.figure import PlotError, labels_for, panel_grid, save
 
 

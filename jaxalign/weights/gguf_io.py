@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxalign.weights.errors import UnsupportedModelError
 from jaxalign.weights.safetensors_io import CheckpointError
 
 # llama.cpp architecture -> Hugging Face model_type
@@ -148,8 +149,6 @@ class GGUFCheckpoint:
 
     def hf_config(self) -> dict[str, Any]:
         """A Hugging Face ``config.json``-style dict from the GGUF metadata."""
-        from jaxalign.models.bert.config import UnsupportedModelError
-
         arch = self.architecture
         if arch not in ARCHITECTURES:
             raise UnsupportedModelError(

@@ -6,12 +6,10 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from jaxalign.weights.errors import UnsupportedModelError
+
 SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta")
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
-
-
-class UnsupportedModelError(ValueError):
-    """A checkpoint whose architecture jaxalign has no module for."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar, Literal
 
-from jaxalign.config import ConfigError
+from jaxalign.config.loader import ConfigError
 from jaxalign.losses.registry import DPO_LOSS_TYPES, LOSSES, F_DIVERGENCE_TYPES, validate_loss_options
 
 

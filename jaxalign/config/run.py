@@ -9,8 +9,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from jaxalign.config import ConfigError
-from jaxalign.objectives.config import PREFERENCE_OBJECTIVES, ObjectiveConfig, SimCSE
+from etils import epath
+
+from jaxalign.config.loader import ConfigError
+from jaxalign.config.objectives import PREFERENCE_OBJECTIVES, ObjectiveConfig, SimCSE
 from jaxalign.sharding.mesh import MeshConfig
 
 
@@ -167,6 +169,14 @@ class OptimConfig:
         _check(self.warmup_steps >= 0, "optim.warmup_steps: must be >= 0")
         _check(self.grad_accum >= 1, f"optim.grad_accum={self.grad_accum}: must be >= 1")
         _check(self.clip_norm is None or self.clip_norm > 0, "optim.clip_norm: must be > 0 or null")
+
+
+def checkpoint_path(spec: str) -> epath.Path:
+    """``checkpoint.dir`` (or a cache directory) as a path: a URL (``gs://...``) as given, a
+    local path absolute."""
+    if "://" in spec:
+        return epath.Path(spec)
+    return epath.Path(epath.Path(spec).expanduser().resolve())
 
 
 @dataclasses.dataclass(frozen=True)

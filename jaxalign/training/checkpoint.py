@@ -35,8 +35,8 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from jaxalign import distributed
+from jaxalign.config.run import CheckpointConfig, OptimConfig, TrainConfig, checkpoint_path
 from jaxalign.data.stream import StreamState
-from jaxalign.train.config import CheckpointConfig, OptimConfig, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +45,6 @@ MANAGERS = ("last", "best")  # the sub-directories of a run's checkpoint.dir
 
 class ResumeError(ValueError):
     """A checkpoint directory this run must not continue from, or start over in."""
-
-
-def checkpoint_path(spec: str) -> epath.Path:
-    """``checkpoint.dir`` as a path: a URL (``gs://...``) as given, a local path absolute."""
-    if "://" in spec:
-        return epath.Path(spec)
-    return epath.Path(epath.Path(spec).expanduser().resolve())
 
 
 def _fields(state: Any) -> dict:

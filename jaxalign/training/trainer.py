@@ -25,13 +25,13 @@ from jaxalign.data.stream import to_global
 from jaxalign.sharding.mesh import ShardingConfigError, check_batch_size, make_mesh
 from jaxalign.sharding.rules import named_sharding, tree_shardings
 from jaxalign.tasks import Task, build_task
-from jaxalign.train.checkpoint import Checkpointer, run_fingerprint
-from jaxalign.train.config import TrainConfig
-from jaxalign.train.metrics import MetricsWriter
-from jaxalign.train.optim import build_optimizer
-from jaxalign.train.preemption import StopRequests
-from jaxalign.train.preflight import check_run_dirs
-from jaxalign.train.step import TrainState, jit_step, make_step
+from jaxalign.training.checkpoint import Checkpointer, run_fingerprint
+from jaxalign.config.run import TrainConfig
+from jaxalign.training.metrics import MetricsWriter
+from jaxalign.training.optim import build_optimizer
+from jaxalign.training.preemption import StopRequests
+from jaxalign.training.preflight import check_run_dirs
+from jaxalign.training.step import TrainState, jit_step, make_step
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import uuid
 
 from jaxalign.config import ConfigError
-from jaxalign.train.checkpoint import check_directory, checkpoint_path
-from jaxalign.train.config import TrainConfig
-from jaxalign.train.metrics import check_wandb_installed
+from jaxalign.config.run import checkpoint_path
+from jaxalign.training.checkpoint import check_directory
+from jaxalign.config.run import TrainConfig
+from jaxalign.training.metrics import check_wandb_installed
 
 
 def check_writable_dir(path: str, field: str) -> None:

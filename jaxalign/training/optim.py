@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import optax
 
-from jaxalign.train.config import OptimConfig
+from jaxalign.config.run import OptimConfig
 
 
 def learning_rate_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:

@@ -11,12 +11,9 @@ import importlib.util
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from jaxalign.config import ConfigError, to_dict
-
-if TYPE_CHECKING:
-    from jaxalign.train.config import TrainConfig
+from jaxalign.config.run import TrainConfig
 
 WANDB_MISSING = "log.wandb=true needs the wandb package: pip install 'jaxalign[wandb]' (or set log.wandb=false)"
 
