@@ -34,7 +34,8 @@ from tqdm.auto import tqdm
 from jaxalign import distributed
 from jaxalign.data.cached import cache_preference, preference_examples
 from jaxalign.data.pipeline import Pipeline, streaming_pipeline
-from jaxalign.data.preference import TokenizedPreference, load_preference, tokenize_preference
+from jaxalign.data.preference import load_preference
+from jaxalign.data.preference.tokens import TokenizedPreference, tokenize_preference
 from jaxalign.data.stream import BatchStream, to_global
 from jaxalign.data.token_cache import source_fingerprint
 from jaxalign.eval.preference import completion_lengths, pair_summary
