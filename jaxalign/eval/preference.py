@@ -61,6 +61,8 @@ def evaluate_preference(
 ) -> dict:
     """Scores every usable pair of ``data`` under ``model`` (and ``ref``); returns TRL's metric
     names over the whole set (see :func:`pair_summary`) plus ``pairs``, ``dropped`` and ``truncated``.
+    A pair whose prompt leaves no room for a completion within ``max_length`` is dropped
+    (``dropped["prompt too long"]``), as are those training drops; none left is an error.
     ``mesh`` (data, fsdp, tensor) defaults to one device, or to every device of a multi-process
     run (whose processes score their shares of each batch together)."""
     import jax
@@ -75,6 +77,7 @@ def evaluate_preference(
 
     overrides = [f"model.name={model}", f"model.max_length={max_length}", f"model.dtype={dtype}",
                  "data.kind=preference", f"data.path={data}", f"data.batch_size={batch_size}", "data.shuffle=false",
+                 "data.long_prompts=drop",
                  "objective.name=dpo", f"objective.beta={beta}",
                  *(f"mesh.{axis}={size}" for axis, size in zip(("data", "fsdp", "tensor"), mesh))]
     for key, value in (("model.num_layers", num_layers), ("data.max_examples", max_examples),

@@ -163,7 +163,8 @@ class PreferenceTask:
         kind = DATA_KIND[cfg.data.kind]
         read = lambda: load_preference(cfg.data.path, kind, cfg.data.max_examples, cfg.data.skip_examples)
         options = dict(max_prompt_length=cfg.data.max_prompt_length, max_completion_length=cfg.data.max_completion_length,
-                       chat_template=cfg.data.chat_template, num_samples=cfg.data.num_samples)
+                       chat_template=cfg.data.chat_template, num_samples=cfg.data.num_samples,
+                       long_prompts=cfg.data.long_prompts)
         if cfg.data.pipeline == "streaming":
             file = source_fingerprint(cfg.data.path)
             table, tokens = cache_preference(decoder.tokenizer, read,
@@ -452,7 +453,8 @@ class PreferenceTask:
         training too (counted and logged)."""
         cfg = self.cfg
         settings = dict(max_length=cfg.model.max_length, max_prompt_length=cfg.data.max_prompt_length,
-                        max_completion_length=cfg.data.max_completion_length, chat_template=cfg.data.chat_template)
+                        max_completion_length=cfg.data.max_completion_length, chat_template=cfg.data.chat_template,
+                        long_prompts=cfg.data.long_prompts)
 
         def scores(name: str):
             model = load_decoder(name, mesh=self.mesh, dtype=self.decoder.dtype)
@@ -525,7 +527,7 @@ class PreferenceEvaluator:
         self.tokens = tokenize_preference(task.decoder.tokenizer, records, max_length=cfg.model.max_length,
                                           max_prompt_length=cfg.data.max_prompt_length,
                                           max_completion_length=cfg.data.max_completion_length,
-                                          chat_template=cfg.data.chat_template)
+                                          chat_template=cfg.data.chat_template, long_prompts=cfg.data.long_prompts)
         self.eval_task = dataclasses.replace(task, tokens=self.tokens, evaluator=None)
         self._initial = task.reference_params(task.params, {**task.frozen, **task.tracked})
         self.reference = self.score(self._initial, "eval reference")

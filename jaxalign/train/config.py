@@ -65,6 +65,9 @@ class DataConfig:
     # preference data (TRL's DPOConfig names): a longer prompt keeps its end; null: no cut
     max_prompt_length: int | None = None
     max_completion_length: int | None = None  # a longer completion keeps its start; null: no cut
+    # a prompt that leaves no room for a completion within model.max_length (no max_prompt_length):
+    # error: stop, naming it; drop: leave its record out, counted as "prompt too long" (TRL drops it)
+    long_prompts: Literal["error", "drop"] = "error"
     # null: text records as text, conversational ones through the tokenizer's chat template (TRL);
     # "auto": every record as a chat (HH transcripts split into turns); or a Jinja template.
     chat_template: str | None = None
