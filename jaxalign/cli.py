@@ -339,8 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Scores each (prompt, chosen, rejected) pair by its implicit reward beta (log pi(y|x) - "
                     "log pi_ref(y|x)) over completion tokens and reports TRL's rewards/accuracies, margins, "
                     "chosen/rejected rewards and log-probs, plus the length-normalised accuracy. DATA: a jsonl / "
-                    "jsonl.gz / parquet file (TRL standard or conversational format, or HH-RLHF's chosen/rejected "
-                    "transcripts), a directory of them, hf:NAME[:SPLIT], or builtin:prefs-mini.",
+                    "jsonl.gz / parquet file (TRL standard or conversational format, OpenAI's preference format, or "
+                    "HH-RLHF's chosen/rejected transcripts), a directory of them, hf:NAME[:SPLIT], or builtin:prefs-mini.",
     )
     p.add_argument("--model", default="SmolLM2-135M-Instruct",
                    help="the policy: packaged name, Hugging Face checkpoint directory or .gguf file. Default: %(default)s")
