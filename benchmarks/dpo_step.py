@@ -267,7 +267,9 @@ def make_batch(args, tokenizer, vocab: int) -> tuple[dict, str]:
         loss[:, :, P:] = 1
         return {"input_ids": ids, "attention_mask": mask, "loss_mask": loss}, \
             f"random ids below {high}, prompt {P} + completion {T - P} tokens, no padding"
-    from jaxalign.data.preference import collate_preference, load_preference, tokenize_preference
+    from jaxalign.data.preference import load_preference
+    from jaxalign.data.preference.collate import collate_preference
+    from jaxalign.data.preference.tokens import tokenize_preference
 
     records = load_preference(str(HH), "paired", max_examples=4 * B)
     tokens = tokenize_preference(tokenizer, records, max_length=T, max_prompt_length=P)

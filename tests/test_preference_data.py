@@ -1,5 +1,6 @@
 """Preference data: reading (HH-RLHF, TRL formats), tokenisation (TRL semantics), collation."""
 
+import dataclasses
 import gzip
 import json
 import logging
@@ -11,15 +12,12 @@ import numpy as np
 import pytest
 
 from conftest import DATA, shared_file
+from jaxalign.data import sources
 from jaxalign.data.errors import DataFormatError
-from jaxalign.data.preference import (
-    PreferenceRecord,
-    builtin_prefs_mini,
-    collate_preference,
-    extract_prompt,
-    load_preference,
-    tokenize_preference,
-)
+from jaxalign.data.preference import load_preference
+from jaxalign.data.preference.collate import collate_preference
+from jaxalign.data.preference.records import PreferenceRecord, extract_prompt
+from jaxalign.data.preference.tokens import tokenize_preference
 from jaxalign.data.stream import BatchStream
 from jaxalign.inference.embed import bucket_length
 
@@ -47,6 +45,10 @@ def write_jsonl(path: Path, rows) -> Path:
     return path
 
 
+def builtin_prefs_mini() -> list[dict]:
+    return [row.value for row in sources.rows("builtin:prefs-mini")]
+
+
 def sequences(batch, b, c):
     """(all real tokens, completion tokens) of one row of a collated batch."""
     ids = batch["input_ids"][b, c]
@@ -56,10 +58,9 @@ def sequences(batch, b, c):
 # ----------------------------------------------------------------------------------- builtin set
 
 
-def test_builtin_prefs_mini_is_deterministic_varied_and_well_formed():
+def test_builtin_prefs_mini_is_varied_and_well_formed():
     rows = builtin_prefs_mini()
-    assert rows == builtin_prefs_mini()
-    assert 200 <= len(rows) <= 400
+    assert len(rows) == 265 and all(list(r) == ["prompt", "chosen", "rejected"] for r in rows)
     assert all(r["chosen"] != r["rejected"] and r["chosen"].strip() and r["rejected"].strip() for r in rows)
     assert all(r["prompt"].startswith("\n\nHuman: ") and r["prompt"].endswith("\n\nAssistant:") for r in rows)
     lengths = sorted(len(r["chosen"]) for r in rows)
@@ -282,6 +283,80 @@ def test_sft_rows_in_every_format(tok, tmp_path):
     assert decode(tok, sequences(batch, 2, 0)[1]) == " Friday." + tok.eos_token
 
 
+OPENAI = {
+    "input": {"messages": [{"role": "system", "content": "Be brief."},
+                           {"role": "user", "content": "What colour is a ripe banana?"}],
+              "tools": [], "parallel_tool_calls": True},
+    "preferred_output": [{"role": "assistant", "content": "A ripe banana is yellow."}],
+    "non_preferred_output": [{"role": "assistant", "content": "Purple."}],
+}
+OPENAI_AS_TRL = {"prompt": OPENAI["input"]["messages"], "chosen": OPENAI["preferred_output"],
+                 "rejected": OPENAI["non_preferred_output"]}
+
+
+def test_openai_preference_rows_read_as_trl_conversational(tok, tmp_path):
+    second = {"input": {"messages": [{"role": "user", "content": "Capital of France?"}]},
+              "preferred_output": [{"role": "assistant", "content": "Paris."}],
+              "non_preferred_output": [{"role": "assistant", "content": "Lyon, I think."}]}
+    openai = write_jsonl(tmp_path / "openai.jsonl", [OPENAI, second])
+    trl = write_jsonl(tmp_path / "trl.jsonl", [OPENAI_AS_TRL, {"prompt": second["input"]["messages"],
+                                                               "chosen": second["preferred_output"],
+                                                               "rejected": second["non_preferred_output"]}])
+    unsourced = lambda records: [dataclasses.replace(r, source="") for r in records]
+    for kind in ("paired", "unpaired", "negatives", "sft"):
+        assert unsourced(load_preference(openai, kind=kind)) == unsourced(load_preference(trl, kind=kind)), kind
+    (rec,) = load_preference(openai, max_examples=1)
+    assert (rec.prompt, rec.chosen, rec.rejected) == (OPENAI["input"]["messages"], OPENAI["preferred_output"],
+                                                      OPENAI["non_preferred_output"])
+    assert rec.source == f"{openai}:1"
+
+    ours = tokenize_preference(tok, load_preference(openai), max_length=256)
+    theirs = tokenize_preference(tok, load_preference(trl), max_length=256)
+    assert len(ours) == len(theirs) == 2
+    for a, b in zip(ours.examples, theirs.examples):
+        assert a.prompt.tolist() == b.prompt.tolist()
+        assert [c.tolist() for c in a.completions] == [c.tolist() for c in b.completions]
+    want = tok.apply_chat_template(OPENAI["input"]["messages"], add_generation_prompt=True, tokenize=True,
+                                   return_dict=True)["input_ids"]
+    assert ours.examples[0].prompt.tolist() == want
+    assert decode(tok, ours.examples[0].completions[0]) == "A ripe banana is yellow.<|im_end|>\n"
+
+    # sft needs only the preferred reply, negatives only the non-preferred one
+    sft = {k: v for k, v in OPENAI.items() if k != "non_preferred_output"}
+    neg = {k: v for k, v in OPENAI.items() if k != "preferred_output"}
+    (s,) = load_preference(write_jsonl(tmp_path / "sft.jsonl", [sft]), kind="sft")
+    (n,) = load_preference(write_jsonl(tmp_path / "neg.jsonl", [neg]), kind="negatives")
+    assert (s.prompt, s.completion) == (OPENAI["input"]["messages"], OPENAI["preferred_output"])
+    assert (n.prompt, n.rejected, n.samples) == (OPENAI["input"]["messages"], OPENAI["non_preferred_output"], ())
+
+
+def _openai(**changes) -> str:
+    row = {**OPENAI, **changes}
+    return json.dumps(STANDARD[0]) + "\n" + json.dumps({k: v for k, v in row.items() if v is not ...}) + "\n"
+
+
+@pytest.mark.parametrize("content,match,kind", [
+    (_openai(non_preferred_output=...), r":2: missing 'non_preferred_output'; expected OpenAI's preference format: "
+                                        r"'input' \(\{'messages': \[\.\.\.\]\}\), 'preferred_output' and "
+                                        r"'non_preferred_output'", "paired"),
+    (_openai(preferred_output=...), r":2: missing 'preferred_output'; expected OpenAI's", "sft"),
+    (_openai(preferred_output="Yellow."), r":2: 'preferred_output' must be a non-empty list of \{'role', 'content'\} "
+                                          r"messages, got str; expected OpenAI's", "paired"),
+    (_openai(non_preferred_output=[]), r":2: 'non_preferred_output' must be a non-empty list .*got an empty list",
+     "negatives"),
+    (_openai(input={"messages": [{"role": "user"}]}), r":2: 'input.messages' has a message without string 'role' "
+                                                      r"and 'content'", "paired"),
+    (_openai(input={"prompt": "Banana?"}), r":2: 'input' must be an object with 'messages'", "paired"),
+    (_openai(input="Banana?"), r":2: 'input' must be an object with 'messages'", "unpaired"),
+    (_openai(input={**OPENAI["input"], "tools": [{"type": "function", "function": {"name": "f"}}]}),
+     r":2: 'input.tools' is not supported: .*remove 'tools' \(or leave it empty\)", "paired"),
+    (_openai(preferred_output=[{"role": "user", "content": "Yellow."}]),
+     r":2: 'preferred_output' must hold the assistant's reply \(role 'assistant'\), got roles \['user'\]", "paired"),
+])
+def test_malformed_openai_rows_name_file_line_and_fix(tmp_path, content, match, kind):
+    _expect(tmp_path, "openai.jsonl", content, match, kind)
+
+
 # ----------------------------------------------------------------------------------- tokenisation
 
 
@@ -360,6 +435,23 @@ def test_drops_are_counted_not_errors(tok, caplog):
     assert len(caplog.records) == 1 and "dropped" in caplog.records[0].getMessage()
     with pytest.raises(ValueError, match="every one of the 2 preference records was dropped"):
         tokenize_preference(tok, records[1:3], max_length=32)
+
+
+def test_long_prompts_can_be_dropped_and_counted(tok, caplog):
+    short = PreferenceRecord("paired", "Hi:", chosen=" a", rejected=" b")
+    long = PreferenceRecord("paired", " ".join(f"word{i}" for i in range(40)) + "\nAnswer:", chosen=" yes", rejected=" no")
+    with caplog.at_level(logging.INFO, logger="jaxalign.data.preference"):
+        tp = tokenize_preference(tok, [short, long], max_length=20, long_prompts="drop")
+    assert tp.drops == {"prompt too long": 1} and [ex.index for ex in tp.examples] == [0]
+    assert "prompt too long" in caplog.records[-1].getMessage()
+    n = len(tok(long.prompt)["input_ids"])
+    with pytest.raises(ValueError, match=re.escape(
+            "every one of the 1 preference records was dropped ({'prompt too long': 1}); their prompts are up to "
+            f"{n} tokens: raise max_length above that (now 20), or set max_prompt_length (< max_length)")):
+        tokenize_preference(tok, [long], max_length=20, long_prompts="drop")
+    assert len(tokenize_preference(tok, [long], max_length=20, max_prompt_length=12, long_prompts="drop")) == 1
+    with pytest.raises(ValueError, match="long_prompts='skip': choose 'error' or 'drop'"):
+        tokenize_preference(tok, [long], max_length=20, long_prompts="skip")
 
 
 def test_collated_batches_have_static_bucketed_shapes(tok):

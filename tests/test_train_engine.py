@@ -24,9 +24,9 @@ def config(*overrides) -> TrainConfig:
 
 @pytest.fixture(scope="module")
 def nli_file(tmp_path_factory):
-    from jaxalign.data.corpora import builtin_sentences
+    from jaxalign.data.corpora import read_sentences
 
-    s = builtin_sentences()
+    s = [x for (x,) in read_sentences("builtin:sentences-mini")]
     path = tmp_path_factory.mktemp("nli") / "triplets.csv"
     path.write_text("sent0,sent1,hard_neg\n" + "".join(f"{s[i]},{s[i + 1]},{s[i + 40]}\n" for i in range(0, 64)))
     return str(path)

@@ -95,6 +95,9 @@ class DataConfig:
       max_prompt_length: preference data (TRL's DPOConfig names): a longer prompt keeps its end;
         null: no cut
       max_completion_length: a longer completion keeps its start; null: no cut
+      long_prompts: a prompt that leaves no room for a completion within model.max_length (no
+        max_prompt_length): error: stop, naming it; drop: leave its record out, counted as
+        "prompt too long" (TRL drops it)
       chat_template: null: text records as text, conversational ones through the tokenizer's
         chat template (TRL); "auto": every record as a chat (HH transcripts split into turns);
         or a Jinja template.
@@ -120,6 +123,7 @@ class DataConfig:
     buckets: tuple[int, ...] = (16, 32, 64, 128, 256, 512)
     max_prompt_length: int | None = None
     max_completion_length: int | None = None
+    long_prompts: Literal["error", "drop"] = "error"
     chat_template: str | None = None
     num_samples: int | None = None
     pipeline: Literal["memory", "streaming"] = "memory"

@@ -7,8 +7,8 @@ in-memory one.
   example tuples :func:`~jaxalign.data.stream.collate` reads; their text entries are
   ``(row, column)`` keys into the cache instead of strings.
 * Preference rows: :func:`preference_examples` gives
-  :class:`~jaxalign.data.preference.PreferenceExample` objects whose arrays are views of the
-  memory map, for :func:`~jaxalign.data.preference.collate_preference`.
+  :class:`~jaxalign.data.preference.collate.PreferenceExample` objects whose arrays are views of the
+  memory map, for :func:`~jaxalign.data.preference.collate.collate_preference`.
 
 Token arrays are views: asking a sequence's length reads nothing (the offsets are in memory),
 so the global batch's length bucket costs no I/O, and only the rows a process collates (its
@@ -23,7 +23,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from jaxalign.data import token_cache
-from jaxalign.data.preference import PreferenceExample, PreferenceRecord, PreferenceTokenizer, TokenizedPreference
+from jaxalign.data.preference.records import PreferenceRecord
+from jaxalign.data.preference.collate import PreferenceExample
+from jaxalign.data.preference.tokens import PreferenceTokenizer, TokenizedPreference
 from jaxalign.data.stream import Tokenized
 
 
@@ -95,7 +97,7 @@ def _tokenize_records(settings: dict, start: int, records: Sequence[PreferenceRe
 def cache_preference(tokenizer, read, source: str | None, *, kind: str, max_length: int, cache_dir: str,
                      workers: int = 0, **options) -> tuple[token_cache.TokenTable, TokenizedPreference]:
     """The preference records ``read()`` returns, tokenised once as
-    :func:`~jaxalign.data.preference.tokenize_preference` would (``options``: its truncation,
+    :func:`~jaxalign.data.preference.tokens.tokenize_preference` would (``options``: its truncation,
     template and ``num_samples`` keywords), in chunks. Returns the cache and a
     :class:`TokenizedPreference` of its metadata (``examples`` empty: take them by row with
     :func:`preference_examples`).

@@ -5,7 +5,8 @@
 * SentEval's STS12-16 layout: ``STS.input.<set>.txt`` (``s1<TAB>s2``) beside ``STS.gs.<set>.txt``
   (one score per line; blank = unscored pair, skipped); STS16 uses ``STS2016.`` prefixes.
 * SICK, ``SICK_test_annotated.txt`` (header, ``pair_ID, sentence_A, sentence_B, relatedness_score, ...``).
-* Hugging Face datasets with ``sentence1``/``sentence2``/``score`` columns (``hf:NAME[:split]``).
+* Hugging Face or TFDS data sets with ``sentence1``/``sentence2``/``score`` columns
+  (``hf:NAME[:split]``, ``tfds:NAME[:split]``; read by :mod:`jaxalign.data.sources`).
 * ``builtin:sts-mini``: a small STS set written for jaxalign, used by the quickstart.
 """
 
@@ -14,14 +15,15 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from importlib import resources
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
+from jaxalign.data import builtin, sources
 from jaxalign.data.errors import DataFormatError
 
-BUILTIN = {"builtin:sts-mini": "sts_mini.tsv"}
+HUB_COLUMNS = ("sentence1", "sentence2", "score")
 
 
 @dataclasses.dataclass
@@ -149,43 +151,39 @@ def read_sick(path: str | Path) -> StsTask:
     return StsTask("SICK-R", [StsSubset(path.stem, s1, s2, np.asarray(scores))])
 
 
-def from_hf_dataset(dataset, name: str) -> StsTask:
-    """A ``datasets.Dataset`` with ``sentence1``, ``sentence2`` and ``score`` columns."""
-    missing = {"sentence1", "sentence2", "score"} - set(dataset.column_names)
-    if missing:
-        raise DataFormatError(name, f"dataset lacks columns {sorted(missing)} (has {dataset.column_names})")
-    return StsTask(name, [StsSubset(name, list(dataset["sentence1"]), list(dataset["sentence2"]), np.asarray(dataset["score"], float))])
+def from_rows(rows: Iterable[dict], name: str) -> StsTask:
+    """Rows with ``sentence1``, ``sentence2`` and ``score`` columns (a ``datasets.Dataset``, or
+    the values of :func:`jaxalign.data.sources.rows`) as one task."""
+    columns = {c: [] for c in HUB_COLUMNS}
+    for number, row in enumerate(rows, 1):
+        missing = [c for c in HUB_COLUMNS if c not in row]
+        if missing:
+            raise DataFormatError(name, f"row {number} lacks columns {missing} (has {sorted(row)})")
+        for c in HUB_COLUMNS:
+            columns[c].append(row[c])
+    if not columns["score"]:
+        raise DataFormatError(name, "no sentence pairs")
+    return StsTask(name, [StsSubset(name, columns["sentence1"], columns["sentence2"], np.asarray(columns["score"], float))])
 
 
-def load_hf(spec: str) -> StsTask:
-    """``hf:sentence-transformers/stsb[:test]`` via ``datasets.load_dataset`` (needs a network or cache)."""
-    import datasets
-
-    repo, _, split = spec[len("hf:") :].partition(":")
-    split = split or "test"
-    try:
-        ds = datasets.load_dataset(repo, split=split)
-    except Exception as e:
-        raise DataFormatError(spec, f"cannot load from the Hugging Face hub ({type(e).__name__}: {e}); pass a local path instead") from None
-    return from_hf_dataset(ds, f"{repo.split('/')[-1]}-{split}")
-
-
-def builtin_path(spec: str) -> Path:
-    return Path(str(resources.files("jaxalign.data.builtin").joinpath(BUILTIN[spec])))
+def load_hub(spec: str) -> StsTask:
+    """``hf:sentence-transformers/stsb[:test]`` or ``tfds:NAME[:SPLIT]`` (needs a network or cache)."""
+    name, _, split = spec.split(":", 1)[1].partition(":")
+    return from_rows((row.value for row in sources.rows(spec, split="test")),
+                     f"{name.split('/')[-1]}-{split or 'test'}")
 
 
 def load_sts(spec: str | Path, split: str = "test") -> list[StsTask]:
-    """Every STS task at ``spec``: a file, a directory (searched recursively), ``hf:...`` or ``builtin:...``.
+    """Every STS task at ``spec``: a file, a directory (searched recursively), ``hf:...``, ``tfds:...`` or
+    ``builtin:...``.
 
     ``split`` chooses the STS-B file when a directory holds all three.
     """
     spec_s = str(spec)
-    if spec_s.startswith("hf:"):
-        return [load_hf(spec_s)]
-    if spec_s in BUILTIN:
-        return [read_stsb(builtin_path(spec_s), name=spec_s.split(":", 1)[1])]
+    if spec_s.startswith(sources.HUB_SCHEMES):
+        return [load_hub(spec_s)]
     if spec_s.startswith("builtin:"):
-        raise DataFormatError(spec_s, f"unknown built-in data set; available: {', '.join(BUILTIN)}")
+        return [read_stsb(builtin.path(spec_s, "STS set", (".tsv",)), name=spec_s.split(":", 1)[1])]
     path = Path(spec).expanduser()
     if not path.exists():
         raise DataFormatError(path, "no such file or directory")

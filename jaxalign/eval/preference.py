@@ -25,7 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxalign.data.preference import TokenizedPreference, load_preference, tokenize_preference
+from jaxalign.data.preference import load_preference
+from jaxalign.data.preference.tokens import TokenizedPreference, tokenize_preference
 from jaxalign.losses.dpo import preference_metrics
 from jaxalign.models.decoders import Decoder, load_decoder
 from jaxalign.objectives.scoring import score_examples
@@ -112,6 +113,8 @@ def evaluate_preference(
 ) -> dict:
     """Scores every usable pair of ``data`` under ``model`` (and ``ref``); returns TRL's metric
     names over the whole set (see :func:`pair_summary`) plus ``pairs``, ``dropped`` and ``truncated``.
+    A pair whose prompt leaves no room for a completion within ``max_length`` is dropped
+    (``dropped["prompt too long"]``), as are those training drops; none left is an error.
     ``mesh`` (data, fsdp, tensor) defaults to one device, or to every device of a multi-process
     run (whose processes score their shares of each batch together)."""
     if beta <= 0:
@@ -134,7 +137,7 @@ def evaluate_preference(
     records = load_preference(data, "paired", max_examples)
     tokens = tokenize_preference(decoder.tokenizer, records, max_length=max_length,
                                  max_prompt_length=max_prompt_length, max_completion_length=max_completion_length,
-                                 chat_template=chat_template)
+                                 chat_template=chat_template, long_prompts="drop")
     score = lambda m, params, desc: score_examples(m, params, tokens, mesh=device_mesh, batch_size=batch_size,
                                                    buckets=buckets, chunk=logps_chunk, desc=desc)
     policy = score(decoder, decoder.params, "policy")

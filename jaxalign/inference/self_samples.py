@@ -4,7 +4,7 @@ D²O trains on a dispreferred completion and ``K`` samples the model itself gene
 the same prompt. :func:`write_self_samples` reads preference records (any format
 :func:`~jaxalign.data.preference.load_preference` reads; a paired row's ``chosen`` is
 unused), renders and truncates each prompt exactly as training will
-(:func:`~jaxalign.data.preference.tokenize_preference` with the same settings), samples ``K``
+(:func:`~jaxalign.data.preference.tokens.tokenize_preference` with the same settings), samples ``K``
 continuations per prompt with :func:`~jaxalign.inference.generate.generate`, and writes a
 jsonl file of ``{"prompt", "rejected", "samples"}`` records that ``data.kind=negatives``
 reads back, and ``data.kind=sft`` too (each sample a record of its own). In a multi-process
@@ -20,7 +20,8 @@ from pathlib import Path
 import jax
 from tqdm.auto import tqdm
 
-from jaxalign.data.preference import load_preference, tokenize_preference
+from jaxalign.data.preference import load_preference
+from jaxalign.data.preference.tokens import tokenize_preference
 from jaxalign.distributed import gather, is_main
 from jaxalign.inference.generate import generate
 from jaxalign.models.decoders import Decoder

@@ -18,7 +18,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
-from jaxalign.data.preference import TokenizedPreference
+from jaxalign.data.preference.tokens import TokenizedPreference
 from jaxalign.data.stream import to_global
 from jaxalign.losses.dpo import ld_logps, wpo_weights
 from jaxalign.models.decoders import Decoder

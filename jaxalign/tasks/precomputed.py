@@ -19,7 +19,9 @@ import jax
 import numpy as np
 
 from jaxalign import distributed
-from jaxalign.data.preference import PreferenceExample, PreferenceRecord, TokenizedPreference, tokenize_preference
+from jaxalign.data.preference.records import PreferenceRecord
+from jaxalign.data.preference.collate import PreferenceExample
+from jaxalign.data.preference.tokens import TokenizedPreference, tokenize_preference
 from jaxalign.eval.preference import completion_lengths
 from jaxalign.models.decoders import Decoder, load_decoder
 from jaxalign.objectives.scoring import score_examples
@@ -91,7 +93,8 @@ def aligned_scores(cfg: TrainConfig, decoder: Decoder, tokens: TokenizedPreferen
     settings), cached. Returns them with ``tokens`` less the examples an aligned model's
     tokenisation dropped (counted under ``drops``, and logged)."""
     settings = dict(max_length=cfg.model.max_length, max_prompt_length=cfg.data.max_prompt_length,
-                    max_completion_length=cfg.data.max_completion_length, chat_template=cfg.data.chat_template)
+                    max_completion_length=cfg.data.max_completion_length, chat_template=cfg.data.chat_template,
+                    long_prompts=cfg.data.long_prompts)
     num_records = len(records)
 
     def scores(name: str) -> np.ndarray:

@@ -18,7 +18,8 @@ import numpy as np
 
 from jaxalign.data.cached import cache_preference, preference_examples
 from jaxalign.data.pipeline import Pipeline, streaming_pipeline
-from jaxalign.data.preference import TokenizedPreference, load_preference, tokenize_preference
+from jaxalign.data.preference import load_preference
+from jaxalign.data.preference.tokens import TokenizedPreference, tokenize_preference
 from jaxalign.data.stream import BatchStream
 from jaxalign.data.token_cache import source_fingerprint
 from jaxalign.eval.preference import PreferenceEvaluator
@@ -70,7 +71,8 @@ class PreferenceTask:
         kind = DATA_KIND[cfg.data.kind]
         read = lambda: load_preference(cfg.data.path, kind, cfg.data.max_examples, cfg.data.skip_examples)
         options = dict(max_prompt_length=cfg.data.max_prompt_length, max_completion_length=cfg.data.max_completion_length,
-                       chat_template=cfg.data.chat_template, num_samples=cfg.data.num_samples)
+                       chat_template=cfg.data.chat_template, num_samples=cfg.data.num_samples,
+                       long_prompts=cfg.data.long_prompts)
         if cfg.data.pipeline == "streaming":
             file = source_fingerprint(cfg.data.path)
             table, tokens = cache_preference(decoder.tokenizer, read,
@@ -128,7 +130,8 @@ class PreferenceTask:
             eval_tokens = tokenize_preference(decoder.tokenizer, held_out, max_length=cfg.model.max_length,
                                               max_prompt_length=cfg.data.max_prompt_length,
                                               max_completion_length=cfg.data.max_completion_length,
-                                              chat_template=cfg.data.chat_template)
+                                              chat_template=cfg.data.chat_template,
+                                              long_prompts=cfg.data.long_prompts)
             initial = objective.reference_params(params, {**frozen, **tracked})
             task.evaluator = PreferenceEvaluator(decoder, eval_tokens, initial, mesh=mesh, beta=obj.reward_beta,
                                                  batch_size=cfg.eval.batch_size, buckets=cfg.data.buckets,
