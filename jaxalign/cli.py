@@ -298,8 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="JAX/Flax training and evaluation for alignment objectives. "
                     "Run `jaxalign COMMAND --help` for each command's options.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help="log loading details, and show the traceback of an error instead of its one-line message")
+    parser.add_argument("-v", "--verbose", "--debug", action="store_true", dest="verbose",
+                        help="log loading details, and show the traceback of an error instead of its one-line message "
+                             "(errors that are not bad input always show theirs)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("embed", help="embed sentences (one per line) into a .npy matrix",
