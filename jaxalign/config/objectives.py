@@ -54,7 +54,7 @@ class WhiteningConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class Objective:
+class ObjectiveBase:
     """What every objective has: its name, which selects the class."""
 
     name: str = ""
@@ -66,7 +66,9 @@ class Objective:
 
 
 @dataclasses.dataclass(frozen=True)
-class ContrastiveObjective(Objective):
+class ContrastiveConfig(ObjectiveBase):
+    """What every contrastive objective (sentence encoders) has: GradCache's chunk."""
+
     family: ClassVar[str] = "contrastive"
     data_kinds: ClassVar[tuple[str, ...]] = ("sentences", "nli", "pairs")
     cache_chunk: int | None = None
@@ -77,10 +79,11 @@ class ContrastiveObjective(Objective):
 
 
 @dataclasses.dataclass(frozen=True)
-class InfoNCE(ContrastiveObjective):
+class InfoNCEConfig(ContrastiveConfig):
+    """What the InfoNCE objectives share: the temperature and the direction."""
+
     temperature: float = 0.05
     symmetric: bool = False
-    hard_negative_weight: float = 0.0
 
     def __post_init__(self):
         super().__post_init__()
@@ -88,7 +91,7 @@ class InfoNCE(ContrastiveObjective):
 
 
 @dataclasses.dataclass(frozen=True)
-class SimCSE(InfoNCE):
+class SimCSE(InfoNCEConfig):
     """SimCSE (Gao et al. 2021): InfoNCE with in-batch (+ hard) negatives: two dropout views of
     each sentence (``sentences``: unsupervised), entailment positives and contradiction hard
     negatives (``nli``: supervised), or multiple-negatives ranking on ``pairs``.
@@ -103,18 +106,18 @@ class SimCSE(InfoNCE):
     """
 
     name: Literal["simcse"] = "simcse"
+    hard_negative_weight: float = 0.0
     head: Literal["none", "mlp"] = "none"
 
 
 @dataclasses.dataclass(frozen=True)
-class WhitenedCSE(InfoNCE):
+class WhitenedCSE(InfoNCEConfig):
     """WhitenedCSE (Zhuo et al. 2023): shuffled group whitening of ``whitening.num_pos + 1``
     dropout views, InfoNCE between the anchor and each positive, through an MLP head.
 
     Attributes:
       temperature: InfoNCE temperature.
       symmetric: also the reverse direction.
-      hard_negative_weight: unused on sentences (no hard negatives); kept for the InfoNCE call.
       whitening: the group whitening (objective.whitening.groups, ...).
       cache_chunk: GradCache chunk (examples); null: off.
     """
@@ -125,7 +128,7 @@ class WhitenedCSE(InfoNCE):
 
 
 @dataclasses.dataclass(frozen=True)
-class Matryoshka(InfoNCE):
+class Matryoshka(InfoNCEConfig):
     """Matryoshka representation learning (Kusupati et al. 2022): InfoNCE summed over embedding
     prefixes.
 
@@ -139,6 +142,7 @@ class Matryoshka(InfoNCE):
     """
 
     name: Literal["matryoshka"] = "matryoshka"
+    hard_negative_weight: float = 0.0
     head: Literal["none", "mlp"] = "none"
     matryoshka_dims: tuple[int, ...] = (384, 256, 128, 64, 32)
 
@@ -172,7 +176,7 @@ class TwoDMSE(Matryoshka):
 
 
 @dataclasses.dataclass(frozen=True)
-class CoSENT(ContrastiveObjective):
+class CoSENT(ContrastiveConfig):
     """CoSENT (Su 2022): a ranking loss over the cosine similarities of scored pairs.
 
     Attributes:
@@ -202,7 +206,7 @@ class AnglE(CoSENT):
 
 
 @dataclasses.dataclass(frozen=True)
-class DSE(ContrastiveObjective):
+class DSE(ContrastiveConfig):
     """Distilled sentence embedding (Barkan et al. 2020): a pair head regressing gold scores and
     a teacher encoder's cosine similarity of each pair (computed once before training).
 
@@ -226,7 +230,10 @@ class DSE(ContrastiveObjective):
 
 
 @dataclasses.dataclass(frozen=True)
-class PreferenceObjective(Objective):
+class PreferenceConfig(ObjectiveBase):
+    """What every preference objective (causal LMs) has: the LM-head chunk; it checks its loss
+    options against :data:`jaxalign.losses.LOSSES` once, when built."""
+
     family: ClassVar[str] = "preference"
     data_kinds: ClassVar[tuple[str, ...]] = ("preference",)
     logps_chunk: int = 64
@@ -260,7 +267,9 @@ class PreferenceObjective(Objective):
 
 
 @dataclasses.dataclass(frozen=True)
-class WithReference(PreferenceObjective):
+class WithReferenceConfig(PreferenceConfig):
+    """Preference objectives that read a reference model's log-probs."""
+
     reference: Literal["model", "precomputed"] = "model"
     reference_model: str | None = None
 
@@ -270,7 +279,7 @@ _DPO_OPTION_DEFAULTS = {"loss_weights": None, "label_smoothing": 0.0, "f_diverge
 
 
 @dataclasses.dataclass(frozen=True)
-class DPO(WithReference):
+class DPO(WithReferenceConfig):
     """The DPO family (Rafailov et al. 2023) under TRL's ``DPOConfig`` names, one loss or several
     summed (``loss_type: [sigmoid, sft]`` with ``loss_weights``: TRL's MPO combination).
 
@@ -339,7 +348,7 @@ class DPO(WithReference):
 
 
 @dataclasses.dataclass(frozen=True)
-class SimPO(PreferenceObjective):
+class SimPO(PreferenceConfig):
     """SimPO (Meng et al. 2024; TRL's CPO trainer with loss_type=simpo): length-averaged
     log-probs with a target margin, no reference model; cpo_alpha > 0 adds the chosen NLL (CPO-SimPO).
 
@@ -362,7 +371,7 @@ class SimPO(PreferenceObjective):
 
 
 @dataclasses.dataclass(frozen=True)
-class CPO(PreferenceObjective):
+class CPO(PreferenceConfig):
     """CPO (Xu et al. 2024): ``-log σ(β(c_w - c_l)) + cpo_alpha · NLL(chosen)`` on summed
     log-probs, no reference model (TRL's CPO trainer, loss_type=sigmoid).
 
@@ -383,7 +392,7 @@ class CPO(PreferenceObjective):
 
 
 @dataclasses.dataclass(frozen=True)
-class ORPO(PreferenceObjective):
+class ORPO(PreferenceConfig):
     """ORPO (Hong et al. 2024): ``NLL(chosen) - λ log σ(log odds ratio)``, no reference model.
 
     Attributes:
@@ -396,7 +405,7 @@ class ORPO(PreferenceObjective):
 
 
 @dataclasses.dataclass(frozen=True)
-class ASFT(PreferenceObjective):
+class ASFT(PreferenceConfig):
     """ASFT (Wang et al. 2024): absolute likelihoods of both completions, no reference model.
 
     Attributes:
@@ -409,7 +418,7 @@ class ASFT(PreferenceObjective):
 
 
 @dataclasses.dataclass(frozen=True)
-class KTO(WithReference):
+class KTO(WithReferenceConfig):
     """KTO (Ethayarajh et al. 2024; TRL's KTOTrainer): desirable and undesirable completions,
     unpaired, against a KL estimate from mismatched pairs of the batch.
 
@@ -438,7 +447,7 @@ class KTO(WithReference):
 
 
 @dataclasses.dataclass(frozen=True)
-class D2O(WithReference):
+class D2O(WithReferenceConfig):
     """D²O (Duan et al. 2024, "Negating Negatives"): dispreferred completions only, against K
     self-generated samples per prompt (``jaxalign generate --data ... --num-samples K``).
 
@@ -460,7 +469,7 @@ class D2O(WithReference):
 
 
 @dataclasses.dataclass(frozen=True)
-class PoFT(PreferenceObjective):
+class PoFT(PreferenceConfig):
     """PoFT (Preference-oriented fine-tuning): ``-log σ(β mean_j (r_θ - r_j))`` on (prompt,
     target) pairs, with ``r_j`` each target's length-normalised log-likelihood under M fixed
     aligned models (their own tokenizers; scored once and cached).
@@ -483,7 +492,7 @@ class PoFT(PreferenceObjective):
 
 
 @dataclasses.dataclass(frozen=True)
-class DCKD(PreferenceObjective):
+class DCKD(PreferenceConfig):
     """DCKD (dual-constrained knowledge distillation): SFT on the chosen completion plus forward
     KL to an aligned teacher LM on the chosen and rejected tokens.
 
@@ -521,7 +530,7 @@ class DCKD(PreferenceObjective):
 
 
 @dataclasses.dataclass(frozen=True)
-class ADPA(PreferenceObjective):
+class ADPA(PreferenceConfig):
     """ADPA (advantage-guided distillation): the student's own responses weighted token by token
     by the advantage ``log π_teacher - log π_teacher_reference`` of an aligned teacher.
 
@@ -543,7 +552,7 @@ class ADPA(PreferenceObjective):
                                                "policy's vocabulary")
 
 
-OBJECTIVES: dict[str, type[Objective]] = {
+OBJECTIVES: dict[str, type[ObjectiveBase]] = {
     cls.__dataclass_fields__["name"].default: cls
     for cls in (SimCSE, WhitenedCSE, CoSENT, AnglE, Matryoshka, TwoDMSE, DSE,
                 DPO, SimPO, CPO, ORPO, KTO, ASFT, D2O, PoFT, DCKD, ADPA)

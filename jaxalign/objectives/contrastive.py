@@ -28,7 +28,7 @@ from jaxalign.losses.whitening import multi_view_sgw
 from jaxalign.models.registry import Encoder
 from jaxalign.objectives import heads
 from jaxalign.ops.pooling import PoolingConfig, pool
-from jaxalign.config.objectives import ContrastiveObjective as ContrastiveConfig
+from jaxalign.config.objectives import ContrastiveConfig
 
 TEXT_COLUMNS = {"sentences": 1, "nli": 3, "pairs": 2}
 
@@ -124,8 +124,8 @@ class ContrastiveObjective:
         cfg = self.cfg
         anchors, positives = columns[0], columns[1]
         negatives = columns[2][:, None] if len(columns) > 2 else None
-        return info_nce(anchors, positives, negatives, temperature=cfg.temperature, symmetric=cfg.symmetric,
-                        hard_negative_weight=cfg.hard_negative_weight)
+        hard = {"hard_negative_weight": cfg.hard_negative_weight} if negatives is not None else {}
+        return info_nce(anchors, positives, negatives, temperature=cfg.temperature, symmetric=cfg.symmetric, **hard)
 
     def loss(self, head_params, e: jax.Array, batch: dict, rng: jax.Array) -> tuple[jax.Array, dict]:
         cfg, name = self.cfg, self.cfg.name

@@ -106,7 +106,7 @@ class PreferenceObjective:
         ``grad_accum``); 0 when the reference is not tracked.
     """
 
-    cfg: objectives.PreferenceObjective
+    cfg: objectives.PreferenceConfig
     decoder: Decoder
     teachers: dict[str, Decoder] = dataclasses.field(default_factory=dict)
     lora_scale: float | None = None
