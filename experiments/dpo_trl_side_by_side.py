@@ -217,8 +217,8 @@ def run_jaxalign(overrides: list[str], log_dir: Path) -> dict:
 
     from jaxalign.config import load_recipe
     from jaxalign.data.stream import BatchStream
-    from jaxalign.tasks.preference import PreferenceTask
     from jaxalign.config.run import TrainConfig
+    from jaxalign.tasks.preference import PreferenceTask
     from jaxalign.training.trainer import train
 
     cfg = load_recipe(TrainConfig, None, overrides)

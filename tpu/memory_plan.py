@@ -143,8 +143,9 @@ def compile_step(args, layers: int) -> dict:
     import numpy as np
 
     from jaxalign.config import load_recipe
-    from jaxalign.tasks.preference import PreferenceTask
     from jaxalign.config.run import TrainConfig
+    from jaxalign.objectives.preference import PreferenceObjective
+    from jaxalign.tasks.preference import PreferenceTask
     from jaxalign.training.step import TrainState
     from jaxalign.training.trainer import Run
 
@@ -162,7 +163,7 @@ def compile_step(args, layers: int) -> dict:
     precomputed = np.zeros((0, 2), np.float32)
 
     def build_task(cfg, mesh):
-        return PreferenceTask(cfg, mesh, decoder, tokens=None, stream=None,
+        return PreferenceTask(cfg, mesh, decoder, PreferenceObjective(cfg.objective, decoder), tokens=None, stream=None,
                               params={"policy": decoder.params}, param_axes={"policy": decoder.axes},
                               frozen={}, frozen_axes={}, ref_logps=precomputed)
 

@@ -16,7 +16,7 @@ import dataclasses
 from typing import ClassVar, Literal
 
 from jaxalign.config.loader import ConfigError
-from jaxalign.losses.registry import DPO_LOSS_TYPES, LOSSES, F_DIVERGENCE_TYPES, validate_loss_options
+from jaxalign.losses.registry import DPO_LOSS_TYPES, LOSSES, validate_loss_options
 
 
 def _check(cond: bool, message: str) -> None:

@@ -15,7 +15,6 @@ from jaxalign.config.loader import ConfigError
 from jaxalign.config.objectives import PREFERENCE_OBJECTIVES, ObjectiveConfig, SimCSE
 from jaxalign.sharding.mesh import MeshConfig
 
-
 PREFERENCE_DATA = ("preference", "unpaired", "negatives", "sft")
 
 

@@ -23,8 +23,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from jaxalign.data import token_cache
-from jaxalign.data.preference.records import PreferenceRecord
 from jaxalign.data.preference.collate import PreferenceExample
+from jaxalign.data.preference.records import PreferenceRecord
 from jaxalign.data.preference.tokens import PreferenceTokenizer, TokenizedPreference
 from jaxalign.data.stream import Tokenized
 

@@ -21,6 +21,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from jaxalign.config.objectives import ContrastiveConfig
 from jaxalign.losses.contrastive import angle, cosent, info_nce
 from jaxalign.losses.distill import dse_loss, dse_pair_features
 from jaxalign.losses.matryoshka import matryoshka_2d_loss, matryoshka_loss
@@ -28,7 +29,6 @@ from jaxalign.losses.whitening import multi_view_sgw
 from jaxalign.models.registry import Encoder
 from jaxalign.objectives import heads
 from jaxalign.ops.pooling import PoolingConfig, pool
-from jaxalign.config.objectives import ContrastiveConfig
 
 TEXT_COLUMNS = {"sentences": 1, "nli": 3, "pairs": 2}
 

@@ -24,9 +24,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxalign import losses
+from jaxalign.config import objectives
 from jaxalign.models import lora as lora_lib
 from jaxalign.models.decoders import Decoder
-from jaxalign.config import objectives
 from jaxalign.objectives.scoring import TOKEN_AXES, sequence_logps
 from jaxalign.ops.teacher import advantage_expectation, distill_kl
 

@@ -19,11 +19,11 @@ from typing import Any, Protocol
 import jax
 from jax.sharding import Mesh
 
+from jaxalign.config.run import TrainConfig
 from jaxalign.data.pipeline import Pipeline
 from jaxalign.data.stream import BatchStream
 from jaxalign.tasks.contrastive import ContrastiveTask
 from jaxalign.tasks.preference import PreferenceTask
-from jaxalign.config.run import TrainConfig
 
 LogicalAxes = tuple[str | None, ...]
 

@@ -14,19 +14,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxalign.config.run import TrainConfig
 from jaxalign.data.cached import cache_contrastive
 from jaxalign.data.corpora import read_corpus
 from jaxalign.data.pipeline import Pipeline, streaming_pipeline
 from jaxalign.data.stream import BatchStream, Tokenized, collate
-from jaxalign.data.token_cache import source_fingerprint
 from jaxalign.data.sts import load_sts
+from jaxalign.data.token_cache import source_fingerprint
 from jaxalign.eval.sts import StsEvaluator
 from jaxalign.inference.embed import Embedder
 from jaxalign.models.export import export_hf
 from jaxalign.models.registry import Encoder, load_encoder
 from jaxalign.objectives.contrastive import ContrastiveObjective, cached_value_and_grad, loss_fn
 from jaxalign.sharding.mesh import batch_parallel_size
-from jaxalign.config.run import TrainConfig
 
 
 @dataclasses.dataclass

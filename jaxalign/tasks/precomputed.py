@@ -19,14 +19,13 @@ import jax
 import numpy as np
 
 from jaxalign import distributed
-from jaxalign.data.preference.records import PreferenceRecord
+from jaxalign.config.run import TrainConfig, checkpoint_path
 from jaxalign.data.preference.collate import PreferenceExample
+from jaxalign.data.preference.records import PreferenceRecord
 from jaxalign.data.preference.tokens import TokenizedPreference, tokenize_preference
 from jaxalign.eval.preference import completion_lengths
 from jaxalign.models.decoders import Decoder, load_decoder
 from jaxalign.objectives.scoring import score_examples
-from jaxalign.config.run import checkpoint_path
-from jaxalign.config.run import TrainConfig
 
 log = logging.getLogger(__name__)
 

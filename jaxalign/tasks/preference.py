@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxalign.config.run import TrainConfig
 from jaxalign.data.cached import cache_preference, preference_examples
 from jaxalign.data.pipeline import Pipeline, streaming_pipeline
 from jaxalign.data.preference import load_preference
@@ -29,7 +30,6 @@ from jaxalign.models.export import export_decoder
 from jaxalign.models.llama import weights as llama_weights
 from jaxalign.objectives.preference import BATCH_AXES, TEACHERS, PreferenceObjective
 from jaxalign.tasks import precomputed
-from jaxalign.config.run import TrainConfig
 
 DATA_KIND = {"preference": "paired", "unpaired": "unpaired", "negatives": "negatives", "sft": "sft"}
 

@@ -10,9 +10,8 @@ from __future__ import annotations
 import uuid
 
 from jaxalign.config import ConfigError
-from jaxalign.config.run import checkpoint_path
+from jaxalign.config.run import TrainConfig, checkpoint_path
 from jaxalign.training.checkpoint import check_directory
-from jaxalign.config.run import TrainConfig
 from jaxalign.training.metrics import check_wandb_installed
 
 

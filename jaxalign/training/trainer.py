@@ -21,12 +21,12 @@ from tqdm.auto import tqdm
 
 from jaxalign import distributed
 from jaxalign.config import to_dict
+from jaxalign.config.run import TrainConfig
 from jaxalign.data.stream import to_global
 from jaxalign.sharding.mesh import ShardingConfigError, check_batch_size, make_mesh
 from jaxalign.sharding.rules import named_sharding, tree_shardings
 from jaxalign.tasks import Task, build_task
 from jaxalign.training.checkpoint import Checkpointer, run_fingerprint
-from jaxalign.config.run import TrainConfig
 from jaxalign.training.metrics import MetricsWriter
 from jaxalign.training.optim import build_optimizer
 from jaxalign.training.preemption import StopRequests
