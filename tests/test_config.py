@@ -42,8 +42,8 @@ def test_bad_overrides(override, message):
     (["objective.name=dpo", "data.kind=preference", "objective.bogus=1"], r"unknown option objective.bogus"),
     (["objective.name=dpo", "data.kind=preference", "objective.loss_type=[hinge]", "objective.discopop_tau=0.1"],
      r"loss 'hinge' does not take option 'discopop_tau'"),
-    (["objective.name=dpo"], r"objective.name=dpo does not train on data.kind=sentences: set data.kind to preference"),
-    (["objective.name=cosent"], r"set data.kind to pairs"),
+    (["objective.name=dpo"], r"objective.name=dpo does not train on data.kind=sentences: set data.kind=preference"),
+    (["objective.name=cosent"], r"set data.kind=pairs"),
 ])
 def test_an_option_of_another_objective_is_named(overrides, message):
     with pytest.raises(ConfigError, match=message):

@@ -137,7 +137,7 @@ def test_bad_objective_settings_fail_before_compiling():
         Run.build(config("objective.name=whitenedcse", "objective.whitening.groups=7"))
     with pytest.raises(ValueError, match="rows per whitening statistic, not more than the group size 32"):
         Run.build(config("objective.name=whitenedcse", "objective.whitening.groups=12"))
-    with pytest.raises(ValueError, match="trains on scored pairs: set data.kind=pairs"):
+    with pytest.raises(ValueError, match="objective.name=cosent does not train on data.kind=sentences: set data.kind=pairs"):
         Run.build(config("objective.name=cosent"))
     with pytest.raises(ValueError, match="data.batch_size 12 is not divisible by the data-parallel size 8"):
         Run.build(config("data.batch_size=12"))

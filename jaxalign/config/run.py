@@ -310,8 +310,9 @@ class TrainConfig:
         obj = self.objective
         preference = obj.family == "preference"
         _check(self.data.kind in obj.data_kinds,
-               f"objective.name={obj.name} does not train on data.kind={self.data.kind}: set data.kind to "
-               + " or ".join(obj.data_kinds)
+               f"objective.name={obj.name} does not train on data.kind={self.data.kind}: set "
+               + (f"data.kind={obj.data_kinds[0]}" if len(obj.data_kinds) == 1
+                  else f"data.kind to one of {', '.join(obj.data_kinds)}")
                + ("" if preference or self.data.kind not in PREFERENCE_DATA else
                   "; preference data needs a preference objective: " + ", ".join(PREFERENCE_OBJECTIVES)))
         _check(self.model.remat == "none" or preference,
