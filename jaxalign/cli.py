@@ -204,8 +204,8 @@ def _eval_line(metric: str, data: str, evals: dict[int, float]) -> str:
         return f"{metric} on {data}: step {last}: {evals[last]:.4g}"
     change, best = evals[last] - evals[first], max(evals, key=evals.get)
     verdict = f"improved by {change:.4g}" if change > 0 else f"no improvement ({change:+.4g})"
-    return (f"{metric} on {data}: step {first}: {evals[first]:.4g} -> step {last}: {evals[last]:.4g}, {verdict} "
-            f"(best {evals[best]:.4g} at step {best})")
+    return (f"{metric} on {data}: step {first}: {evals[first]:.4g} -> step {last}: {evals[last]:.4g}, {verdict}; "
+            f"best {evals[best]:.4g} at step {best}")
 
 
 def cmd_train(args) -> int:
@@ -227,6 +227,9 @@ def cmd_train(args) -> int:
         where = (f"checkpoint at step {summary['steps']} in {cfg.checkpoint.dir}; run the same command to resume"
                  if cfg.checkpoint.dir else "nothing saved (no checkpoint.dir)")
         print(f"stopped by {summary['stopped_by']} after step {summary['steps']} of {cfg.steps}: {where}")
+    if summary["resumed_from"] >= cfg.steps:
+        print(f"nothing to train: {cfg.checkpoint.dir} already holds step {cfg.steps} of {cfg.steps} "
+              "(checkpoint.resume=false checkpoint.overwrite=true starts over)")
     if summary["eval"]:
         print(_eval_line(summary["eval_metric"], cfg.eval.data, summary["eval"]))
     losses = summary["losses"]
