@@ -225,9 +225,19 @@ def cmd_eval_preference(args) -> int:
     return 0
 
 
-def cmd_train(args) -> int:
-    from rich.console import Console
+def _eval_line(metric: str, data: str, evals: dict[int, float]) -> str:
+    """A run's evaluations, first -> last, saying plainly whether the metric improved (every
+    task's metric is higher-is-better)."""
+    first, last = min(evals), max(evals)
+    if first == last:
+        return f"{metric} on {data}: step {last}: {evals[last]:.4g}"
+    change, best = evals[last] - evals[first], max(evals, key=evals.get)
+    verdict = f"improved by {change:.4g}" if change > 0 else f"no improvement ({change:+.4g})"
+    return (f"{metric} on {data}: step {first}: {evals[first]:.4g} -> step {last}: {evals[last]:.4g}, {verdict}; "
+            f"best {evals[best]:.4g} at step {best}")
 
+
+def cmd_train(args) -> int:
     from jaxalign.config import load_recipe, to_dict
     from jaxalign.config.run import TrainConfig
 
@@ -242,21 +252,20 @@ def cmd_train(args) -> int:
     summary = train(cfg)
     if not _main_process():
         return 0
-    console = Console()
     if summary.get("stopped_by"):
         where = (f"checkpoint at step {summary['steps']} in {cfg.checkpoint.dir}; run the same command to resume"
                  if cfg.checkpoint.dir else "nothing saved (no checkpoint.dir)")
         print(f"stopped by {summary['stopped_by']} after step {summary['steps']} of {cfg.steps}: {where}")
-    evals = summary["eval"]
-    if evals:
-        first, last = min(evals), max(evals)
-        console.print(f"{summary['eval_metric']} on {cfg.eval.data}: step {first}: {evals[first]:.4g} -> "
-                      f"step {last}: {evals[last]:.4g}   (best {max(evals.values()):.4g})")
+    if summary["resumed_from"] >= cfg.steps:
+        print(f"nothing to train: {cfg.checkpoint.dir} already holds step {cfg.steps} of {cfg.steps} "
+              "(checkpoint.resume=false checkpoint.overwrite=true starts over)")
+    if summary["eval"]:
+        print(_eval_line(summary["eval_metric"], cfg.eval.data, summary["eval"]))
     losses = summary["losses"]
     if losses:
-        console.print(f"loss: {losses[min(losses)]:.4f} (step {min(losses)}) -> {losses[max(losses)]:.4f} "
-                      f"(step {max(losses)}); skipped non-finite steps: {summary['skipped']}; "
-                      f"{summary['examples_per_s']:.1f} examples/s")
+        print(f"loss: {losses[min(losses)]:.4f} (step {min(losses)}) -> {losses[max(losses)]:.4f} "
+              f"(step {max(losses)}); skipped non-finite steps: {summary['skipped']}; "
+              f"{summary['examples_per_s']:.1f} examples/s")
     if args.json:
         payload = {k: v for k, v in summary.items() if k != "state"}
         Path(args.json).write_text(json.dumps({"config": to_dict(cfg), **payload}, indent=2, default=str))

@@ -6,10 +6,10 @@
   (SimCSE's ``nli_for_simcse.csv``: sent0, sent1, hard_neg) or from the hub -> ``(a, p, n)``
 * ``pairs``: scored sentence pairs (STS formats, see :mod:`jaxalign.data.sts`) -> ``(s1, s2, score)``
 
-Paths may be ``builtin:sentences-mini`` (a small corpus that ships with jaxalign, for the
-quickstart), ``hf:NAME[:split]`` (``datasets.load_dataset``) or ``tfds:NAME[:split]``
-(read by :mod:`jaxalign.data.sources`: ``sentences`` takes their ``text`` column, ``nli``
-their ``premise``, ``hypothesis`` and ``label``).
+Paths may be ``builtin:sentences-mini`` (a small corpus that ships with jaxalign) and
+``builtin:nli-mini`` (triplets written for jaxalign, for the quickstart), ``hf:NAME[:split]``
+(``datasets.load_dataset``) or ``tfds:NAME[:split]`` (read by :mod:`jaxalign.data.sources`:
+``sentences`` takes their ``text`` column, ``nli`` their ``premise``, ``hypothesis`` and ``label``).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def read_nli(spec: str) -> list[Example]:
     """(anchor, entailment, contradiction) triplets."""
     if spec.startswith(sources.HUB_SCHEMES):
         return _nli_from_labelled(_columns(spec, ("premise", "hypothesis", "label")), spec)
-    path = Path(spec).expanduser()
+    path = builtin.path(spec, "NLI set", (".tsv",)) if spec.startswith("builtin:") else Path(spec).expanduser()
     if path.is_dir():
         rows = []
         for split in sorted({p.suffix[1:] for p in path.glob("labels.*")}):
