@@ -1,6 +1,8 @@
 """Model merging: each method against a NumPy reference, the checkpoints `jaxalign merge` writes,
 the Self Positioning search and the errors for bad input."""
 
+import contextlib
+import io
 import json
 import shutil
 
@@ -223,9 +225,9 @@ def test_self_positioning_search_reduces_its_objective(checkpoints):
     _, base, models = checkpoints
     enc = load_encoder(base)
     vectors = merge.task_vectors(enc.params, [load_encoder(m).params for m in models])
-    batches = probe_batches(enc.tokenizer, read_nli("builtin:nli-mini")[:32], batch_size=16, max_length=24)
+    batches = probe_batches(enc.tokenizer, read_nli("builtin:nli-mini")[:16], batch_size=8, max_length=16)
     loss = info_nce_probe_loss(enc, enc.params, enc.pooling)
-    result = search(loss, vectors, batches, steps=40, learning_rate=0.05, mu=0.01)
+    result = search(loss, vectors, batches, steps=30, learning_rate=0.05, mu=0.01)
     assert np.all(np.isfinite(result.weights)) and np.all(result.weights > 0) and np.isfinite(result.scale)
     assert np.isfinite(result.objectives).all()
     assert result.objectives[-2:].mean() < result.objectives[:2].mean(), result.objectives
@@ -242,21 +244,24 @@ def test_cli_self_positioning(checkpoints, tmp_path, capsys):
 
 # --- errors, each before any compute ----------------------------------------------------------
 
-def error(capsys, *args) -> str:
-    assert cli(*args) == 2
-    return capsys.readouterr().err
+def error_of(*args) -> str:
+    """What `jaxalign merge ARGS` prints to stderr; it must exit with status 2 (bad input)."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert cli(*args) == 2
+    return err.getvalue()
 
 
-def test_errors(checkpoints, tmp_path, capsys):
+def test_errors(checkpoints, tmp_path):
     root, base, models = checkpoints
     out = ["--output", tmp_path / "o"]
-    assert "no such directory" in error(capsys, "--base", tmp_path / "nope", "--models", *models, "--method",
+    assert "no such directory" in error_of("--base", tmp_path / "nope", "--models", *models, "--method",
                                         "average", *out)
-    assert "--weights has 3 values for 2 --models" in error(capsys, "--base", base, "--models", *models, "--method",
+    assert "--weights has 3 values for 2 --models" in error_of("--base", base, "--models", *models, "--method",
                                                             "average", "--weights", 1, 2, 3, *out)
-    assert "at least 2 --models" in error(capsys, "--base", base, "--models", models[0], "--method", "slerp", *out)
-    assert "--density" in error(capsys, "--base", base, "--models", *models, "--method", "ties", "--density", 0, *out)
-    assert "fewer than one --batch-size" in error(capsys, "--base", base, "--models", *models, "--method",
+    assert "at least 2 --models" in error_of("--base", base, "--models", models[0], "--method", "slerp", *out)
+    assert "--density" in error_of("--base", base, "--models", *models, "--method", "ties", "--density", 0, *out)
+    assert "fewer than one --batch-size" in error_of("--base", base, "--models", *models, "--method",
                                                   "self-positioning", "--max-examples", 3, "--batch-size", 8, *out)
 
     # a model with one tensor of a different shape, one with a tensor missing, one of another family
@@ -266,13 +271,49 @@ def test_errors(checkpoints, tmp_path, capsys):
         bad = tmp_path / name
         shutil.copytree(models[0], bad)
         save_file(change(tensors), str(bad / "model.safetensors"))
-    msg = error(capsys, "--base", base, "--models", models[0], tmp_path / "reshaped", "--method", "average", *out)
+    msg = error_of("--base", base, "--models", models[0], tmp_path / "reshaped", "--method", "average", *out)
     assert "'pooler.dense.bias' has shape (10,)" in msg and "(384,)" in msg
-    msg = error(capsys, "--base", base, "--models", tmp_path / "missing", "--method", "average", *out)
+    msg = error_of("--base", base, "--models", tmp_path / "missing", "--method", "average", *out)
     assert "no tensor 'encoder.layer.0.output.dense.bias'" in msg
     other = tmp_path / "other"
     shutil.copytree(models[0], other)
     cfg = json.loads((other / "config.json").read_text())
     (other / "config.json").write_text(json.dumps({**cfg, "model_type": "llama"}))
-    assert "model_type 'llama'" in error(capsys, "--base", base, "--models", other, "--method", "average", *out)
+    assert "model_type 'llama'" in error_of("--base", base, "--models", other, "--method", "average", *out)
     assert not (tmp_path / "o").exists()
+
+
+def tiny_decoder(directory, tokenizer_dir, seed):
+    """A one-layer Llama of width 8 with MiniLM's tokenizer, random weights (HF names, float32)."""
+    directory.mkdir()
+    for f in tokenizer_dir.iterdir():
+        if f.name.startswith(("tokenizer", "vocab", "special_tokens")):
+            shutil.copy(f, directory / f.name)
+    config = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": 30522, "hidden_size": 8,
+              "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
+              "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 64, "tie_word_embeddings": True}
+    (directory / "config.json").write_text(json.dumps(config))
+    shapes = {"model.embed_tokens.weight": (30522, 8), "model.norm.weight": (8,),
+              **{f"model.layers.0.{k}": s for k, s in (
+                  ("self_attn.q_proj.weight", (8, 8)), ("self_attn.k_proj.weight", (4, 8)),
+                  ("self_attn.v_proj.weight", (4, 8)), ("self_attn.o_proj.weight", (8, 8)),
+                  ("mlp.gate_proj.weight", (16, 8)), ("mlp.up_proj.weight", (16, 8)), ("mlp.down_proj.weight", (8, 16)),
+                  ("input_layernorm.weight", (8,)), ("post_attention_layernorm.weight", (8,)))}}
+    rng = np.random.default_rng(seed)
+    save_file({k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}, str(directory / "model.safetensors"))
+    return directory
+
+
+def test_cli_merges_decoders(checkpoints, tmp_path):
+    from jaxalign.models.decoders import load_decoder
+
+    _, encoder_base, _ = checkpoints
+    base, model = (tiny_decoder(tmp_path / name, encoder_base, seed) for seed, name in enumerate(("base", "ft")))
+    assert cli("--base", base, "--models", model, "--method", "average", "--scale", 0.5, "--output", tmp_path / "m") == 0
+    b, m = (jax.device_get(load_decoder(d).params) for d in (base, model))
+    merged = jax.device_get(load_decoder(tmp_path / "m").params)
+    assert len(jax.tree.leaves(merged)) == 11
+    jax.tree.map(lambda x, y, z: np.testing.assert_allclose(x, y + 0.5 * (z - y), rtol=1e-5, atol=1e-6), merged, b, m)
+    assert "self-positioning searches through an encoder" in error_of(
+        "--base", base, "--models", model, model, "--method", "self-positioning", "--output", tmp_path / "sp")
+
