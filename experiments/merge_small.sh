@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Merging two differently trained copies of the first 3 layers of all-MiniLM-L6-v2 (see
+# experiments/README.md, "Model merging"): supervised SimCSE on builtin:nli-mini (the quickstart)
+# and CoSENT on STS-B train pairs, merged by each `jaxalign merge` method, every model scored on
+# builtin:sts-mini and STS-B dev. About 10 minutes on a 2-core CPU.
+#   bash experiments/merge_small.sh [JAXALIGN]      (JAXALIGN: the command, default `jaxalign`)
+set -euo pipefail
+J=${1:-jaxalign}
+R=runs/merge_small
+STSB=${JAXALIGN_DATA:-../shared/data}/sts-b
+python - <<PY
+import jax
+from jaxalign.models import load_encoder
+from jaxalign.models.export import export_hf
+enc = load_encoder("all-MiniLM-L6-v2", num_layers=3)
+export_hf(enc, jax.device_get(enc.params), "$R/base")
+PY
+$J train experiments/quickstart.yaml log.dir=$R/simcse checkpoint.dir=$R/simcse/ckpt export=$R/simcse/hf eval.every=40
+$J train experiments/cosent_small.yaml data.path=$STSB/sts-train.csv eval.data=$STSB log.dir=$R/cosent \
+  export=$R/cosent/hf eval.every=60
+M="--base $R/base --models $R/simcse/hf $R/cosent/hf"
+$J merge $M --method average --output $R/average
+$J merge $M --method average --scale 1.5 --output $R/average_x1.5
+$J merge $M --method slerp --output $R/slerp
+$J merge $M --method ties --density 0.2 --output $R/ties_0.2
+$J merge $M --method ties --density 0.2 --scale 2 --output $R/ties_0.2_x2
+$J merge $M --method self-positioning --steps 150 --max-length 32 --output $R/self_positioning
+$J merge $M --method self-positioning --steps 150 --max-length 32 --convention transcribed --output $R/self_positioning_tr
+for m in base simcse/hf cosent/hf average average_x1.5 slerp ties_0.2 ties_0.2_x2 self_positioning self_positioning_tr; do
+  $J eval sts --model $R/$m --data builtin:sts-mini $STSB --split dev --json $R/sts_$(echo $m | tr / _).json > /dev/null
+  python -c "import json,sys; r=json.load(open(sys.argv[1])); print(sys.argv[2], json.dumps(r['results'] if 'results' in r else r)[:400])" \
+    $R/sts_$(echo $m | tr / _).json $m
+done
