@@ -322,6 +322,11 @@ def cmd_merge(args) -> int:
 
     base = read_tensors(base_dir)
     floating = sorted(k for k, v in base.items() if np.issubdtype(v.dtype, np.floating))
+    if search is not None:  # the angle the search saw: over the tensors the encoder loads (no MLM heads)
+        from fnmatch import fnmatch
+
+        from jaxalign.models.bert.weights import IGNORE
+        floating = [k for k in floating if not any(fnmatch(k, pattern) for pattern in IGNORE)]
     as_jnp = lambda tensors: {k: jnp.asarray(tensors[k], jnp.float32) for k in floating}
     base_f = as_jnp(base)
     vectors = merge.task_vectors(base_f, [as_jnp(read_tensors(d)) for d in model_dirs])
