@@ -1,5 +1,6 @@
 """Model merging over task vectors: pure functions of parameter pytrees (any nesting, e.g. a
-flat ``{checkpoint name: array}`` dict), differentiable in their coefficients.
+flat ``{checkpoint name: array}`` dict). Averaging and SLERP are JAX, differentiable in their
+coefficients (Self Positioning searches them); TIES is NumPy (its selection has no gradient).
 
 A task vector is ``V_i = theta_i - theta_0``: a fine-tuned model minus the base it started from
 (Ilharco et al., "Editing Models with Task Arithmetic", arXiv 2212.04089). Every method here
