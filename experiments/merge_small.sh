@@ -2,21 +2,22 @@
 # Merging two differently trained copies of the first 3 layers of all-MiniLM-L6-v2 (see
 # experiments/README.md, "Model merging"): supervised SimCSE on builtin:nli-mini (the quickstart)
 # and CoSENT on STS-B train pairs, merged by each `jaxalign merge` method, every model scored on
-# builtin:sts-mini and STS-B dev. About 10 minutes on a 2-core CPU.
+# builtin:sts-mini and STS-B dev. About 10 minutes on a 2-core CPU; a model already written is not
+# trained again.
 #   bash experiments/merge_small.sh [JAXALIGN]      (JAXALIGN: the command, default `jaxalign`)
 set -euo pipefail
 J=${1:-jaxalign}
 R=runs/merge_small
 STSB=${JAXALIGN_DATA:-../shared/data}/sts-b
-python - <<PY
+[ -d $R/base ] || python - <<PY
 import jax
 from jaxalign.models import load_encoder
 from jaxalign.models.export import export_hf
 enc = load_encoder("all-MiniLM-L6-v2", num_layers=3)
 export_hf(enc, jax.device_get(enc.params), "$R/base")
 PY
-$J train experiments/quickstart.yaml log.dir=$R/simcse checkpoint.dir=$R/simcse/ckpt export=$R/simcse/hf eval.every=40
-$J train experiments/cosent_small.yaml data.path=$STSB/sts-train.csv eval.data=$STSB log.dir=$R/cosent \
+[ -d $R/simcse/hf ] || $J train experiments/quickstart.yaml log.dir=$R/simcse checkpoint.dir=$R/simcse/ckpt export=$R/simcse/hf eval.every=40
+[ -d $R/cosent/hf ] || $J train experiments/cosent_small.yaml data.path=$STSB/sts-train.csv eval.data=$STSB log.dir=$R/cosent \
   export=$R/cosent/hf eval.every=60
 M="--base $R/base --models $R/simcse/hf $R/cosent/hf"
 $J merge $M --method average --output $R/average
