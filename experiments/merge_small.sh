@@ -27,8 +27,14 @@ $J merge $M --method ties --density 0.2 --output $R/ties_0.2
 $J merge $M --method ties --density 0.2 --scale 2 --output $R/ties_0.2_x2
 $J merge $M --method self-positioning --steps 150 --max-length 32 --output $R/self_positioning
 $J merge $M --method self-positioning --steps 150 --max-length 32 --convention transcribed --output $R/self_positioning_tr
-for m in base simcse/hf cosent/hf average average_x1.5 slerp ties_0.2 ties_0.2_x2 self_positioning self_positioning_tr; do
-  $J eval sts --model $R/$m --data builtin:sts-mini $STSB --split dev --json $R/sts_$(echo $m | tr / _).json > /dev/null
-  python -c "import json,sys; r=json.load(open(sys.argv[1])); print(sys.argv[2], json.dumps(r['results'] if 'results' in r else r)[:400])" \
-    $R/sts_$(echo $m | tr / _).json $m
+MODELS="base simcse/hf cosent/hf average average_x1.5 slerp ties_0.2 ties_0.2_x2 self_positioning self_positioning_tr"
+for m in $MODELS; do
+  $J eval sts --model $R/$m --data builtin:sts-mini $STSB --split dev --json $R/sts_${m//\//_}.json > /dev/null
 done
+python - $R $MODELS <<'PY'
+import json, sys
+root, *models = sys.argv[1:]
+for m in models:
+    tasks = json.load(open(f"{root}/sts_{m.replace('/', '_')}.json"))["tasks"]
+    print(f"{m:22s}", "  ".join(f"{name} {t['all']:.2f}" for name, t in tasks.items()))
+PY
