@@ -1,5 +1,5 @@
 """The ``jaxalign`` command line: ``embed``, ``generate``, ``train``, ``eval sts``, ``eval mteb``,
-``eval preference`` and ``plot``.
+``eval preference``, ``merge`` and ``plot``.
 
 Every subcommand validates its inputs (model, data, mesh, shapes) before compiling anything
 and reports bad input as one line naming the file/field and the fix, without a traceback.
@@ -286,6 +286,96 @@ def cmd_plot(args) -> int:
     return 0
 
 
+MERGE_METHODS = ("average", "slerp", "ties", "self-positioning")
+
+
+def _check_merge_args(args) -> None:
+    """Every bad --method / --weights / --density combination, before a checkpoint is read."""
+    n = len(args.models)
+    if args.weights is not None and len(args.weights) != n:
+        raise ValueError(f"--weights has {len(args.weights)} values for {n} --models; give one per model")
+    if args.weights is not None and args.method in ("ties", "self-positioning"):
+        raise ValueError(f"--weights is for average and slerp; {args.method} finds or needs no per-model weights")
+    if args.weights is not None and (min(args.weights) < 0 or sum(args.weights) <= 0):
+        raise ValueError(f"--weights {args.weights}: must be >= 0 with a positive sum")
+    if args.method in ("slerp", "self-positioning") and n < 2:
+        raise ValueError(f"--method {args.method} interpolates between models: give at least 2 --models")
+    if not 0.0 < args.density <= 1.0:
+        raise ValueError(f"--density {args.density}: the fraction of entries TIES keeps, in (0, 1]")
+
+
+def cmd_merge(args) -> int:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from jaxalign.models import merge
+    from jaxalign.models.merge_checkpoints import check_compatible, read_tensors, write_merged
+
+    _check_merge_args(args)
+    base_dir, model_dirs = check_compatible(args.base, args.models)
+    if Path(args.output).resolve() in {d.resolve() for d in model_dirs}:
+        raise ValueError(f"--output {args.output} is one of the --models; choose a new directory")
+    search = None
+    if args.method == "self-positioning":
+        search = _self_positioning(args, base_dir, model_dirs)
+
+    base = read_tensors(base_dir)
+    floating = sorted(k for k, v in base.items() if np.issubdtype(v.dtype, np.floating))
+    if search is not None:  # the angle the search saw: over the tensors the encoder loads (no MLM heads)
+        from fnmatch import fnmatch
+
+        from jaxalign.models.bert.weights import IGNORE
+        floating = [k for k in floating if not any(fnmatch(k, pattern) for pattern in IGNORE)]
+    as_jnp = lambda tensors: {k: jnp.asarray(tensors[k], jnp.float32) for k in floating}
+    base_f = as_jnp(base)
+    vectors = merge.task_vectors(base_f, [as_jnp(read_tensors(d)) for d in model_dirs])
+    if args.method == "average":
+        vector = merge.weighted_average(vectors, args.weights, scale=args.scale)
+    elif args.method == "ties":
+        vector = merge.ties(vectors, density=args.density, scale=args.scale)
+    else:
+        weights = args.weights or [1.0] * len(vectors)
+        scale = args.scale
+        if search is not None:
+            weights, scale = list(search.weights), search.scale
+        vector = jax.tree.map(lambda v: scale * v,
+                              merge.slerp_iterative(vectors, weights, convention=args.convention))
+    merged = {**base, **jax.device_get(merge.apply_task_vector(base_f, vector))}
+    out = write_merged(base_dir, merged, args.output)
+    detail = ""
+    if search is not None:
+        detail = (f"; a = [{', '.join(f'{a:.4f}' for a in search.weights)}], lambda = {search.scale:.4f}, objective "
+                  f"{search.objectives[0]:.4f} -> {search.objectives[-1]:.4f} over {len(search.objectives)} steps")
+    print(f"merged {len(model_dirs)} models onto {base_dir} by {args.method} -> {out}{detail}")
+    return 0
+
+
+def _self_positioning(args, base_dir: Path, model_dirs: list[Path]):
+    """Loads the probe set and the encoders (checking both first) and runs the coefficient search."""
+    from jaxalign.data.corpora import read_nli
+    from jaxalign.models import load_encoder, merge
+    from jaxalign.models.bert.config import SUPPORTED_MODEL_TYPES
+    from jaxalign.models.registry import read_json
+    from jaxalign.models.self_positioning import info_nce_probe_loss, probe_batches, search
+
+    model_type = read_json(base_dir / "config.json").get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(f"--method self-positioning searches through an encoder's InfoNCE loss; {base_dir} is a "
+                         f"{model_type!r} model (encoders: {', '.join(SUPPORTED_MODEL_TYPES)})")
+    probe = read_nli(args.probe)[:args.max_examples]
+    if len(probe) < args.batch_size:
+        raise ValueError(f"--probe {args.probe}: {len(probe)} examples, fewer than one --batch-size of "
+                         f"{args.batch_size}; use a larger probe set or a smaller --batch-size")
+    base = load_encoder(base_dir)
+    batches = probe_batches(base.tokenizer, probe, batch_size=args.batch_size,
+                            max_length=min(args.max_length, base.max_length))
+    vectors = merge.task_vectors(base.params, [load_encoder(d).params for d in model_dirs])
+    loss = info_nce_probe_loss(base, base.params, base.pooling, temperature=args.temperature)
+    return search(loss, vectors, batches, steps=args.steps, learning_rate=args.lr, mu=args.mu,
+                  convention=args.convention)
+
+
 def _options_reference() -> str:
     """Every training option with its default and what it does, from the typed config."""
     from jaxalign.config import describe_options
@@ -444,6 +534,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     _add_launch_args(p)
     p.set_defaults(func=cmd_eval_preference)
+
+    p = sub.add_parser(
+        "merge", help="merge fine-tuned checkpoints of one base model into one checkpoint",
+        description="Merge the task vectors (fine-tuned minus base) of --models, fine-tuned checkpoints of --base "
+                    "(encoders or decoders; safetensors), and write base + merged vector to --output as a Hugging "
+                    "Face checkpoint directory (the base's config and tokenizer files, model.safetensors in the "
+                    "base's dtypes). Methods: average (task arithmetic), slerp (iterative pairwise SLERP), ties "
+                    "(TIES-Merging) and self-positioning (SLERP weights and a norm scale found by gradient descent "
+                    "on a probe set's InfoNCE loss, Li et al. 2024; encoders only).")
+    p.add_argument("--base", required=True, help="the base checkpoint directory (or packaged model name)")
+    p.add_argument("--models", nargs="+", required=True, help="fine-tuned checkpoint directories of --base")
+    p.add_argument("--method", choices=MERGE_METHODS, required=True, help="how to merge the task vectors")
+    p.add_argument("--output", required=True, help="the directory to write the merged checkpoint to")
+    p.add_argument("--weights", nargs="+", type=float, default=None,
+                   help="average / slerp: one weight per model (default: equal). average: sum w_i V_i / sum w_i; "
+                        "slerp: the a_i of V_(1..k) = f(V_(1..k-1), V_k, mean(a_1..a_(k-1)), a_k)")
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="average / slerp / ties: multiply the merged task vector by this. Default: %(default)s")
+    p.add_argument("--density", type=float, default=0.2,
+                   help="ties: the fraction of each task vector's entries (per tensor, by magnitude) kept. "
+                        "Default: %(default)s")
+    p.add_argument("--convention", choices=("standard", "transcribed"), default="standard",
+                   help="slerp / self-positioning: standard = a_i weights V_i (a_j = 0 gives V_i); transcribed = "
+                        "the pair formula as a reading note of the paper writes it, a larger a_i moving the result "
+                        "towards V_j. Default: %(default)s")
+    g = p.add_argument_group("self-positioning search (objective: mean InfoNCE on the probe set + mu * lambda)")
+    g.add_argument("--probe", default="builtin:nli-mini",
+                   help="probe (anchor, positive, hard negative) triplets, as `train` reads data.kind=nli. "
+                        "Default: %(default)s")
+    g.add_argument("--max-examples", type=int, default=None, help="use the first N probe triplets (default: all)")
+    g.add_argument("--batch-size", type=int, default=32, help="probe triplets per step. Default: %(default)s")
+    g.add_argument("--max-length", type=int, default=64, help="tokens per probe sentence. Default: %(default)s")
+    g.add_argument("--steps", type=int, default=200, help="Adam steps on (log a, lambda). Default: %(default)s")
+    g.add_argument("--lr", type=float, default=0.05, help="Adam learning rate. Default: %(default)s")
+    g.add_argument("--mu", type=float, default=0.01,
+                   help="weight of the norm penalty mu * lambda (the paper: best below 0.05). Default: %(default)s")
+    g.add_argument("--temperature", type=float, default=0.05, help="InfoNCE temperature. Default: %(default)s")
+    p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser(
         "plot", help="draw runs' training curves, or benchmark results, as an image",
