@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxalign.cli import _embedder, build_parser, main
 from jaxalign.inference.prompt_embed import (PROMPTS, PST, PromptEmbedder, absolute_layer, preprocess,
                                              prompt_templates, render, with_pst_token)
 from jaxalign.models.decoders import load_decoder
@@ -170,3 +171,50 @@ def test_pst_id_is_looked_up_and_may_lie_past_the_embedding_table(tiny):
     ids, mask = pst_batch(dec.config.vocab_size + 5)
     tp = TokenPrepending(dec.config.vocab_size + 5, 1, 3, jnp.zeros((dec.config.hidden_size,)))
     assert np.isfinite(np.asarray(jax.jit(lambda p: dec.hidden(p, ids, mask, prepend=tp))(dec.params))).all()
+
+
+# ----------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_embed_and_eval_sts_with_a_decoder(tiny, tmp_path, capsys):
+    model, dec = tiny
+    src, out = tmp_path / "in.txt", tmp_path / "out.npy"
+    src.write_text("\n".join(SENTENCES) + "\n")
+    flags = ["--model", str(dec.path), "--batch-size", "2", "--pooling", "mean", "--layer", "3",
+             "--token-prepending", "--tp-start", "0", "--tp-exit", "2"]
+    assert main(["embed", "--input", str(src), "--output", str(out), *flags]) == 0
+    expected = PromptEmbedder(dec, "prompteol", PoolingConfig("mean", layer=3), token_prepending=(0, 2),
+                              batch_size=2)(SENTENCES)
+    np.testing.assert_allclose(np.load(out), expected, rtol=1e-6, atol=1e-6)
+    assert main(["eval", "sts", "--data", "builtin:sts-mini", "--prompt", "pcot", *flags]) == 0
+    assert "sts-mini" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--prompt", "no placeholder"], r"sentence placeholder \*sent 0\*"),
+    (["--layer", "9"], "outside the model's depth: choose 0..4"),
+    (["--tp-exit", "3"], "add --token-prepending"),
+    (["--pooling", "cls"], "decoder pooling 'cls': choose last or mean"),
+])
+def test_cli_decoder_errors_name_the_fix(tiny, tmp_path, flags, message):
+    _, dec = tiny
+    args = build_parser().parse_args(["embed", "--input", "x", "--output", "y", "--model", str(dec.path), *flags])
+    with pytest.raises(ValueError, match=message):
+        _embedder(args)
+
+
+def test_cli_decoder_flags_are_refused_for_an_encoder():
+    args = build_parser().parse_args(["embed", "--input", "x", "--output", "y", "--token-prepending"])
+    with pytest.raises(ValueError, match="--token-prepending: only for a decoder --model"):
+        _embedder(args)
+
+
+def test_mteb_meta_takes_a_prompt_embedder(tiny):
+    mteb_eval = pytest.importorskip("jaxalign.eval.mteb")
+    _, dec = tiny
+    meta = mteb_eval.embedder_meta(PromptEmbedder(dec, "ke", PoolingConfig("mean", layer=2), token_prepending=(1, 2)),
+                                   "jaxalign/tiny")
+    assert meta.experiment_kwargs == {"mode": "mean", "layer": 2, "prompt": "ke", "token_prepending": (1, 2)}
+    assert mteb_eval.embedder_meta(PromptEmbedder(dec), "jaxalign/tiny").experiment_kwargs == {
+        "prompt": "prompteol", "token_prepending": None}
+    assert meta.max_tokens == dec.max_length

@@ -67,6 +67,7 @@ PROMPTS: dict[str, tuple[str, ...]] = {
 # families (LLaMA-3-8B's is (1, 3)), Qwen2-7B for the Qwen families.
 TP_DEFAULTS = {"llama": (1, 7), "mistral": (1, 7), "qwen2": (1, 6), "qwen3": (1, 6)}
 POOLING_MODES = ("last", "mean")
+DEFAULT_POOLING = PoolingConfig(mode="last", layer=-2)  # the reference's output_layer in 4 of its 5 configs
 
 
 def preprocess(sentence: str) -> str:
@@ -145,6 +146,8 @@ class PromptEmbedder:
     average over the prompts' embeddings. ``token_prepending``: ``(tp_start, tp_exit)``, or None.
     """
 
+    default_pooling = DEFAULT_POOLING
+
     def __init__(
         self,
         decoder: Decoder,
@@ -157,7 +160,7 @@ class PromptEmbedder:
         mesh: Mesh | None = None,
         buckets: Sequence[int] = DEFAULT_BUCKETS,
     ):
-        self.pooling = pooling or PoolingConfig(mode="last", layer=-2)
+        self.pooling = pooling or DEFAULT_POOLING
         if self.pooling.mode not in POOLING_MODES:
             raise ValueError(f"decoder pooling {self.pooling.mode!r}: choose {' or '.join(POOLING_MODES)}")
         self.templates = prompt_templates(prompt, token_prepending is not None)
@@ -168,6 +171,7 @@ class PromptEmbedder:
             decoder = dataclasses.replace(decoder, tokenizer=tokenizer)
             prepend = TokenPrepending(pst, *token_prepending, jnp.zeros((decoder.config.hidden_size,), decoder.dtype))
         self.encoder = decoder
+        self.settings = {"prompt": prompt, "token_prepending": token_prepending}
         self.embedder = Embedder(decoder, self.pooling, batch_size=batch_size, max_length=max_length, mesh=mesh,
                                  buckets=buckets, encode=prompt_encode_fn(decoder, self.pooling, output_layer, prepend),
                                  padding_side="left")
@@ -181,5 +185,5 @@ class PromptEmbedder:
         return np.asarray(matryoshka(mean, self.pooling.truncate_dim, self.pooling.normalize), np.float32)
 
 
-__all__ = ["PROMPTS", "PST", "SENTENCE", "TP_DEFAULTS", "PromptEmbedder", "absolute_layer", "preprocess",
+__all__ = ["DEFAULT_POOLING", "PROMPTS", "PST", "SENTENCE", "TP_DEFAULTS", "PromptEmbedder", "absolute_layer", "preprocess",
            "prompt_encode_fn", "prompt_templates", "render", "with_pst_token"]

@@ -101,6 +101,16 @@ def resolve_decoder_path(name_or_path: str | Path) -> Path:
     )
 
 
+def is_decoder(name_or_path: str | Path) -> bool:
+    """Whether ``load_decoder`` takes this model: a packaged decoder name, a ``.gguf`` file, or a
+    checkpoint directory whose ``config.json`` names a supported decoder ``model_type``."""
+    try:
+        path = resolve_decoder_path(name_or_path)
+    except CheckpointError:
+        return False
+    return path.suffix == ".gguf" or _read_json(path / "config.json").get("model_type") in SUPPORTED_MODEL_TYPES
+
+
 @dataclasses.dataclass
 class Decoder:
     """A loaded causal decoder: the module's graph, its parameters, tokenizer and defaults.
