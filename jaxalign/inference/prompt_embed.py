@@ -143,7 +143,8 @@ class PromptEmbedder:
 
     ``pooling.mode`` is ``last`` or ``mean``; ``pooling.layer`` indexes ``transformers``'
     ``hidden_states`` (see :func:`absolute_layer`); normalisation and truncation apply to the
-    average over the prompts' embeddings. ``token_prepending``: ``(tp_start, tp_exit)``, or None.
+    average over the prompts' embeddings. ``token_prepending``: ``(tp_start, tp_exit)``, or None;
+    the ``<PST>`` input embedding is zeros.
     """
 
     default_pooling = DEFAULT_POOLING

@@ -30,6 +30,7 @@ import numpy as np
 from flax import nnx
 
 from jaxalign.models.llama.config import LlamaConfig
+from jaxalign.ops.pooling import last_index
 from jaxalign.sharding.rules import constrain
 
 ACTIVATION_AXES = ("batch", "length", "act_embed")
@@ -183,8 +184,9 @@ class TokenPrepending:
       start: first layer (0-based) whose input is replaced; the code's ``tp_starting_index``.
       exit: first layer no longer replaced; the code's ``tp_exiting_index``. ``exit <= start``
         disables the replacement.
-      embedding: [H] input embedding of the token (the paper's Table 4 finds its value does not
-        matter; the loader's default is zeros).
+      embedding: [H] input embedding of the token, which need not be in the embedding table (the
+        reference adds a ``torch.randn`` row; the paper's Table 4 finds zeros, ones, uniform,
+        Gaussian and a space token's embedding equally good).
     """
 
     token_id: int
@@ -211,12 +213,6 @@ class TokenPrepending:
 
 
 jax.tree_util.register_dataclass(TokenPrepending, data_fields=["embedding"], meta_fields=["token_id", "start", "exit"])
-
-
-def last_real(attention_mask: jax.Array) -> jax.Array:
-    """[B] index of each row's last real token (left or right padding)."""
-    t = attention_mask.shape[1]
-    return t - 1 - jnp.argmax(jnp.flip(attention_mask, axis=1) > 0, axis=1)
 
 
 def _rematerialised(layer: Layer, policy, *args):
@@ -292,11 +288,11 @@ class LlamaForCausalLM(nnx.Module):
             if cache is not None:
                 raise ValueError("with a cache, pass the positions of the new tokens")
             positions = position_ids(attention_mask)
-        if prepend is not None and cache is not None:
-            raise ValueError("token prepending runs on whole batches, not with a key/value cache")
+        if cache is not None and (prepend is not None or output_layer is not None):
+            raise ValueError("output_layer and token prepending run on whole batches, not with a key/value cache")
         x = self.embed(input_ids) if prepend is None else prepend.embed(self.embed, input_ids)
         x = constrain(x, ACTIVATION_AXES)
-        last = None if prepend is None else last_real(attention_mask)
+        last = None if prepend is None else last_index(attention_mask)
         cos, sin = self.rope(positions)
         if cache is None:
             kv_mask, q_slots, write = attention_mask, jnp.arange(t), None
