@@ -13,6 +13,7 @@ from jaxalign.inference.prompt_embed import (PROMPTS, PST, PromptEmbedder, absol
 from jaxalign.models.decoders import load_decoder
 from jaxalign.models.llama.model import TokenPrepending
 from jaxalign.ops.pooling import PoolingConfig
+from jaxalign.sharding import MeshConfig, make_mesh
 
 from test_decoder_parity import random_batch, save_tiny_decoder
 from torch_refs import torch
@@ -218,3 +219,13 @@ def test_mteb_meta_takes_a_prompt_embedder(tiny):
     assert mteb_eval.embedder_meta(PromptEmbedder(dec), "jaxalign/tiny").experiment_kwargs == {
         "prompt": "prompteol", "token_prepending": None}
     assert meta.max_tokens == dec.max_length
+
+
+def test_sharded_prompt_embeddings_equal_single_device(tiny):
+    _, dec = tiny
+    mesh = make_mesh(MeshConfig(2, 2, 2))
+    pooling, tp = PoolingConfig("last", layer=-2), (1, 3)
+    single = PromptEmbedder(dec, "prompteol", pooling, token_prepending=tp, batch_size=4)(SENTENCES)
+    sharded = PromptEmbedder(load_decoder(dec.path, mesh=mesh), "prompteol", pooling, token_prepending=tp,
+                             batch_size=4, mesh=mesh)
+    np.testing.assert_allclose(sharded(SENTENCES), single, rtol=1e-5, atol=1e-5)
