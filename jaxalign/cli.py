@@ -52,8 +52,9 @@ def _main_process() -> bool:
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", default="all-MiniLM-L6-v2",
-                   help="packaged model name (all-MiniLM-L6-v2) or a Hugging Face checkpoint directory "
-                        "(config.json + model.safetensors + tokenizer). Default: %(default)s")
+                   help="packaged model name (all-MiniLM-L6-v2, or the decoder SmolLM2-135M-Instruct), a Hugging Face "
+                        "checkpoint directory (config.json + model.safetensors + tokenizer; BERT-family encoders or "
+                        "Llama/Qwen2/Qwen3/Mistral decoders) or a decoder's .gguf file. Default: %(default)s")
     g.add_argument("--dtype", choices=DTYPES, default="float32",
                    help="compute dtype; parameters stay float32 and pooling is done in float32. Default: %(default)s")
     g.add_argument("--batch-size", type=int, default=64, help="sentences per compiled batch. Default: %(default)s")
@@ -62,13 +63,33 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mesh", default=None, metavar="DATA,FSDP,TENSOR",
                    help="shard over a device mesh, e.g. '-1,1,1' (pure data parallel over all devices) or '2,2,2'. "
                         "Default: one device")
-    g = p.add_argument_group("pooling (defaults come from the checkpoint's sentence-transformers config)")
+    g = p.add_argument_group("pooling (encoder defaults come from the checkpoint's sentence-transformers config)")
     g.add_argument("--pooling", default=None,
-                   help="mean | max | cls | cls_before_pooler | cls_pooler | last | mean_top_k | concat_top_k | mean_first_last")
-    g.add_argument("--layer", type=int, default=None, help="hidden layer to pool (-1 last, 0 embeddings, n after layer n)")
+                   help="mean | max | cls | cls_before_pooler | cls_pooler | last | mean_top_k | concat_top_k | "
+                        "mean_first_last; for a decoder last (default: the prompt's last token) or mean")
+    g.add_argument("--layer", type=int, default=None,
+                   help="hidden layer to pool (-1 last, 0 embeddings, n after layer n). For a decoder: transformers' "
+                        "hidden_states index, n the raw output of layer n, -1 the final-normed output, -2 (default) "
+                        "the raw output of the penultimate layer")
     g.add_argument("--top-k", type=int, default=None, help="layers for mean_top_k / concat_top_k")
     g.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None, help="L2-normalise embeddings")
     g.add_argument("--truncate-dim", type=int, default=None, help="Matryoshka: keep the first D dimensions")
+    g = p.add_argument_group("decoders as sentence encoders (Token Prepending, Fu et al. 2025, arXiv 2412.11556)")
+    g.add_argument("--prompt", default=None,
+                   help="prompteol (default) | pcot (Pretended CoT) | ke (Knowledge Enhancement) | metaeol (its 8 "
+                        "prompts' embeddings averaged) | a template with the sentence placeholder *sent 0* (and <PST> "
+                        "before the quoted sentence for token prepending), e.g. 'This sentence : <PST> \"*sent 0*\" "
+                        "means in one word:\"'")
+    g.add_argument("--token-prepending", action="store_true",
+                   help="Token Prepending: the <PST> token's input at layers [tp-start, tp-exit) becomes the previous "
+                        "layer's last-token state")
+    g.add_argument("--tp-start", type=int, default=None,
+                   help="first layer (0-based) whose <PST> input is replaced. Default: the reference's for the model "
+                        "family (1)")
+    g.add_argument("--tp-exit", type=int, default=None,
+                   help="first layer no longer replaced. Default: the reference's for the model family (7 for "
+                        "llama/mistral, 6 for qwen2/qwen3)")
+    g.add_argument("--num-layers", type=int, default=None, help="keep only the decoder's first N layers (quick checks)")
 
 
 def _embedder(args):
@@ -78,14 +99,49 @@ def _embedder(args):
 
     from jaxalign.inference.embed import Embedder
     from jaxalign.models import load_encoder
+    from jaxalign.models.decoders import is_decoder
     from jaxalign.sharding import MeshConfig, make_mesh
 
     mesh = make_mesh(MeshConfig.parse(args.mesh)) if args.mesh else None
+    if is_decoder(args.model):
+        return _prompt_embedder(args, mesh)
+    decoder_only = [f for f, v in (("--prompt", args.prompt), ("--token-prepending", args.token_prepending or None),
+                                   ("--tp-start", args.tp_start), ("--tp-exit", args.tp_exit),
+                                   ("--num-layers", args.num_layers)) if v is not None]
+    if decoder_only:
+        raise ValueError(f"{', '.join(decoder_only)}: only for a decoder --model (e.g. SmolLM2-135M-Instruct); "
+                         f"{args.model} is an encoder")
     encoder = load_encoder(args.model, mesh=mesh, dtype=jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32)
     overrides = {k: v for k, v in (("mode", args.pooling), ("layer", args.layer), ("top_k", args.top_k),
                                    ("normalize", args.normalize), ("truncate_dim", args.truncate_dim)) if v is not None}
     pooling = dataclasses.replace(encoder.pooling, **overrides)
     return Embedder(encoder, pooling, batch_size=args.batch_size, max_length=args.max_length, mesh=mesh)
+
+
+def _prompt_embedder(args, mesh):
+    """A ``PromptEmbedder`` for a decoder ``--model`` from the decoder flags."""
+    import dataclasses
+
+    import jax.numpy as jnp
+
+    from jaxalign.inference.prompt_embed import DEFAULT_POOLING, TP_DEFAULTS, PromptEmbedder
+    from jaxalign.models.decoders import load_decoder
+
+    if (args.tp_start is not None or args.tp_exit is not None) and not args.token_prepending:
+        raise ValueError("--tp-start/--tp-exit set the token prepending layers: add --token-prepending")
+    if args.top_k is not None:
+        raise ValueError("--top-k is for encoders' mean_top_k / concat_top_k; a decoder pools last or mean")
+    decoder = load_decoder(args.model, mesh=mesh, dtype=jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32,
+                           num_layers=args.num_layers)
+    overrides = {k: v for k, v in (("mode", args.pooling), ("layer", args.layer), ("normalize", args.normalize),
+                                   ("truncate_dim", args.truncate_dim)) if v is not None}
+    pooling = dataclasses.replace(DEFAULT_POOLING, **overrides)
+    tp = None
+    if args.token_prepending:
+        start, exit_ = TP_DEFAULTS.get(decoder.config.model_type, TP_DEFAULTS["llama"])
+        tp = (start if args.tp_start is None else args.tp_start, exit_ if args.tp_exit is None else args.tp_exit)
+    return PromptEmbedder(decoder, args.prompt or "prompteol", pooling, token_prepending=tp,
+                          batch_size=args.batch_size, max_length=args.max_length, mesh=mesh)
 
 
 def cmd_embed(args) -> int:

@@ -79,15 +79,17 @@ def model_meta(name: str, *, max_tokens: int | None = None, n_parameters: int | 
 
 def embedder_meta(embedder: Embedder, name: str, experiment: Mapping[str, Any] | None = None) -> ModelMeta:
     """``model_meta`` for an ``Embedder``: its parameter count and token limit, and as experiment
-    settings every pooling field and the max length where they differ from the checkpoint's defaults."""
+    settings every pooling field and the max length where they differ from the checkpoint's defaults,
+    and the embedder's own ``settings`` (a ``PromptEmbedder``'s prompt and token prepending)."""
     encoder, pooling = embedder.encoder, embedder.pooling
+    default = getattr(embedder, "default_pooling", None) or encoder.pooling  # a decoder's is the embedder's
     changed = {f.name: getattr(pooling, f.name) for f in dataclasses.fields(pooling)
-               if getattr(pooling, f.name) != getattr(encoder.pooling, f.name)}
+               if getattr(pooling, f.name) != getattr(default, f.name)}
     if embedder.max_length != encoder.max_length:
         changed["max_length"] = embedder.max_length
     n_parameters = sum(x.size for x in jax.tree.leaves(encoder.params))
     return model_meta(name, max_tokens=embedder.max_length, n_parameters=n_parameters,
-                      experiment={**changed, **(experiment or {})})
+                      experiment={**changed, **getattr(embedder, "settings", {}), **(experiment or {})})
 
 
 class LocalStsTask(AbsTaskSTS):

@@ -1,7 +1,8 @@
 """Batched, length-bucketed sentence embedding with one compilation per bucket.
 
 Sentences are tokenised once, sorted by length and cut into batches of exactly
-``batch_size`` rows (the last one padded with empty rows) and one of a few bucket lengths,
+``batch_size`` rows (the last one padded with empty rows) and one of a few bucket lengths
+(padded on the right, or on the left for decoders' last-token embeddings),
 so the jitted forward sees a small, fixed set of shapes however many sentences come in.
 On a mesh spanning several processes, each process holds every sentence; the batches are
 placed as global arrays (each process supplying its devices' rows) and the embeddings
@@ -50,9 +51,18 @@ def bucket_length(n: int, buckets: Sequence[int], max_length: int) -> int:
 
 
 def bucketed_batches(
-    tokenizer, sentences: Sequence[str], *, batch_size: int, max_length: int, buckets: Sequence[int] = DEFAULT_BUCKETS
+    tokenizer,
+    sentences: Sequence[str],
+    *,
+    batch_size: int,
+    max_length: int,
+    buckets: Sequence[int] = DEFAULT_BUCKETS,
+    padding_side: str = "right",
 ) -> list[Batch]:
-    """Tokenises ``sentences`` (truncating at ``max_length``) into static-shape batches, longest first."""
+    """Tokenises ``sentences`` (truncating at ``max_length``) into static-shape batches, longest
+    first, each row padded on ``padding_side`` (``right`` or ``left``)."""
+    if padding_side not in ("right", "left"):
+        raise ValueError(f"padding_side {padding_side!r}: choose right or left")
     enc = tokenizer(list(sentences), truncation=True, max_length=max_length, padding=False)
     ids = enc["input_ids"]
     types = enc.get("token_type_ids")
@@ -68,10 +78,11 @@ def bucketed_batches(
         token_types = np.zeros((batch_size, t), np.int32)
         for r, i in enumerate(rows):
             n = lengths[i]
-            input_ids[r, :n] = ids[i]
-            mask[r, :n] = 1
+            cols = slice(0, n) if padding_side == "right" else slice(t - n, t)
+            input_ids[r, cols] = ids[i]
+            mask[r, cols] = 1
             if types is not None:
-                token_types[r, :n] = types[i]
+                token_types[r, cols] = types[i]
         batches.append(Batch(input_ids, mask, token_types, rows))
     return batches
 
@@ -87,10 +98,11 @@ def encode_fn(encoder: Encoder, pooling: PoolingConfig) -> Callable:
     return f
 
 
-def jit_encode(encoder: Encoder, pooling: PoolingConfig, mesh: Mesh | None = None):
-    """``encode_fn`` under ``jax.jit``; with ``mesh``, parameters keep their logical shardings, the
-    batch is split over the data axes and embeddings come back batch-sharded."""
-    f = encode_fn(encoder, pooling)
+def jit_encode(encoder: Encoder, pooling: PoolingConfig, mesh: Mesh | None = None, f: Callable | None = None):
+    """``f`` (default ``encode_fn(encoder, pooling)``) under ``jax.jit``; with ``mesh``, parameters
+    keep their logical shardings, the batch is split over the data axes and embeddings come back
+    batch-sharded."""
+    f = f or encode_fn(encoder, pooling)
     if mesh is None:
         return jax.jit(f)
     tokens = named_sharding(mesh, ("batch", "length"))
@@ -99,7 +111,13 @@ def jit_encode(encoder: Encoder, pooling: PoolingConfig, mesh: Mesh | None = Non
 
 
 class Embedder:
-    """Embeds lists of sentences with ``encoder``; see the module docstring for the batching."""
+    """Embeds lists of sentences with ``encoder``; see the module docstring for the batching.
+
+    ``encode`` replaces ``encode_fn(encoder, pooling)`` as the pure
+    ``(params, input_ids, attention_mask, token_type_ids) -> [B, D]`` function (a decoder's
+    prompt-based embedding); ``encoder`` then needs only ``params``, ``axes``, ``tokenizer`` and
+    ``max_length``.
+    """
 
     def __init__(
         self,
@@ -110,6 +128,8 @@ class Embedder:
         max_length: int | None = None,
         mesh: Mesh | None = None,
         buckets: Sequence[int] = DEFAULT_BUCKETS,
+        encode: Callable | None = None,
+        padding_side: str = "right",
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -120,14 +140,16 @@ class Embedder:
         self.batch_size = batch_size
         self.max_length = min(max_length or encoder.max_length, encoder.max_length)
         self.buckets = tuple(buckets)
-        self.forward = jit_encode(encoder, self.pooling, mesh)
+        self.padding_side = padding_side
+        self.forward = jit_encode(encoder, self.pooling, mesh, encode)
         # Only a mesh over several processes needs explicit global arrays; jit places the rest.
         multi = mesh is not None and jax.process_count() > 1
         self._tokens = named_sharding(mesh, ("batch", "length")) if multi else None
 
     def batches(self, sentences: Sequence[str]) -> list[Batch]:
         return bucketed_batches(
-            self.encoder.tokenizer, sentences, batch_size=self.batch_size, max_length=self.max_length, buckets=self.buckets
+            self.encoder.tokenizer, sentences, batch_size=self.batch_size, max_length=self.max_length, buckets=self.buckets,
+            padding_side=self.padding_side,
         )
 
     def __call__(self, sentences: Sequence[str], *, params=None, progress: bool = False, desc: str = "embedding") -> np.ndarray:

@@ -35,7 +35,7 @@ from jax.sharding import Mesh
 from jaxalign.models.bert.config import UnsupportedModelError
 from jaxalign.models.llama import weights as llama_weights
 from jaxalign.models.llama.config import SUPPORTED_MODEL_TYPES, LlamaConfig
-from jaxalign.models.llama.model import KVCache, LlamaForCausalLM
+from jaxalign.models.llama.model import KVCache, LlamaForCausalLM, TokenPrepending
 from jaxalign.weights.gguf_io import GGUFCheckpoint
 from jaxalign.weights.loader import bind, dropped_layers, load_module
 from jaxalign.weights.safetensors_io import CheckpointError, SafetensorsCheckpoint
@@ -101,6 +101,16 @@ def resolve_decoder_path(name_or_path: str | Path) -> Path:
     )
 
 
+def is_decoder(name_or_path: str | Path) -> bool:
+    """Whether ``load_decoder`` takes this model: a packaged decoder name, a ``.gguf`` file, or a
+    checkpoint directory whose ``config.json`` names a supported decoder ``model_type``."""
+    try:
+        path = resolve_decoder_path(name_or_path)
+    except CheckpointError:
+        return False
+    return path.suffix == ".gguf" or _read_json(path / "config.json").get("model_type") in SUPPORTED_MODEL_TYPES
+
+
 @dataclasses.dataclass
 class Decoder:
     """A loaded causal decoder: the module's graph, its parameters, tokenizer and defaults.
@@ -122,9 +132,19 @@ class Decoder:
     def module(self, params: dict) -> LlamaForCausalLM:
         return bind(self.graphdef, self.state, params)
 
-    def hidden(self, params: dict, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
-        """Final-normed hidden states [B, T, H] of a right- or left-padded batch (mask 1 = real)."""
-        return self.module(params)(input_ids, attention_mask)[0]
+    def hidden(
+        self,
+        params: dict,
+        input_ids: jax.Array,
+        attention_mask: jax.Array,
+        *,
+        output_layer: int | None = None,
+        prepend: TokenPrepending | None = None,
+    ) -> jax.Array:
+        """Final-normed hidden states [B, T, H] of a right- or left-padded batch (mask 1 = real);
+        with ``output_layer`` n < L the raw output of layer n, with ``prepend`` under Token
+        Prepending (see ``LlamaForCausalLM.__call__``)."""
+        return self.module(params)(input_ids, attention_mask, output_layer=output_layer, prepend=prepend)[0]
 
     def unembed_kernel(self, params: dict) -> jax.Array:
         """The [H, V] LM head: the transposed embedding when tied, else ``lm_head.kernel``."""

@@ -63,11 +63,14 @@ def masked_max(hidden: jax.Array, mask: jax.Array) -> jax.Array:
     return jnp.where(mask[..., None] > 0, hidden.astype(jnp.float32), neg).max(1)
 
 
+def last_index(mask: jax.Array) -> jax.Array:
+    """[B] index of each row's last position whose mask is 1 (left or right padding)."""
+    return mask.shape[1] - 1 - jnp.argmax(jnp.flip(mask, axis=1) > 0, axis=1)
+
+
 def last_token(hidden: jax.Array, mask: jax.Array) -> jax.Array:
     """The last position whose mask is 1 (handles left and right padding)."""
-    t = mask.shape[1]
-    idx = t - 1 - jnp.argmax(jnp.flip(mask, axis=1) > 0, axis=1)
-    return jnp.take_along_axis(hidden, idx[:, None, None], axis=1)[:, 0].astype(jnp.float32)
+    return jnp.take_along_axis(hidden, last_index(mask)[:, None, None], axis=1)[:, 0].astype(jnp.float32)
 
 
 def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:

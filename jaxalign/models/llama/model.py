@@ -30,6 +30,7 @@ import numpy as np
 from flax import nnx
 
 from jaxalign.models.llama.config import LlamaConfig
+from jaxalign.ops.pooling import last_index
 from jaxalign.sharding.rules import constrain
 
 ACTIVATION_AXES = ("batch", "length", "act_embed")
@@ -170,6 +171,50 @@ class Layer(nnx.Module):
         return constrain(x, ACTIVATION_AXES), kv
 
 
+@dataclasses.dataclass(frozen=True)
+class TokenPrepending:
+    """Token Prepending (Fu et al., ACL 2025, arXiv 2412.11556; official code
+    github.com/fuyuchenIfyw/token_prepending, ``senllm/modeling_llama.py``): the input of every
+    layer ``i`` in ``[start, exit)`` has its state at the first ``token_id`` position replaced
+    by the previous layer's state at the row's last real token, so tokens after that position
+    see a summary of the whole sentence under plain causal attention.
+
+    Attributes:
+      token_id: the ``<PST>`` id in the tokenizer (it may lie past the embedding table).
+      start: first layer (0-based) whose input is replaced; the code's ``tp_starting_index``.
+      exit: first layer no longer replaced; the code's ``tp_exiting_index``. ``exit <= start``
+        disables the replacement.
+      embedding: [H] input embedding of the token, which need not be in the embedding table (the
+        reference adds a ``torch.randn`` row; the paper's Table 4 finds zeros, ones, uniform,
+        Gaussian and a space token's embedding equally good).
+    """
+
+    token_id: int
+    start: int
+    exit: int
+    embedding: jax.Array
+
+    def replaces(self, layer: int) -> bool:
+        return self.start <= layer < self.exit
+
+    def embed(self, embed: nnx.Embed, input_ids: jax.Array) -> jax.Array:
+        """[B, T, H] input embeddings, the token's own vector at its positions."""
+        is_pst = input_ids == self.token_id
+        x = embed(jnp.where(is_pst, 0, input_ids))
+        return jnp.where(is_pst[..., None], self.embedding.astype(x.dtype), x)
+
+    def replace(self, x: jax.Array, input_ids: jax.Array, last: jax.Array) -> jax.Array:
+        """x [B, T, H] with the first ``token_id`` position of each row set to x at ``last`` [B]
+        (rows without the token are unchanged)."""
+        is_pst = input_ids == self.token_id
+        first = jnp.arange(x.shape[1])[None] == jnp.argmax(is_pst, axis=1)[:, None]
+        state = jnp.take_along_axis(x, last[:, None, None], axis=1)  # [B, 1, H]
+        return jnp.where((first & is_pst)[..., None], state, x)
+
+
+jax.tree_util.register_dataclass(TokenPrepending, data_fields=["embedding"], meta_fields=["token_id", "start", "exit"])
+
+
 def _rematerialised(layer: Layer, policy, *args):
     """The hidden states of ``layer(*args)`` under ``jax.checkpoint``: the backward pass
     recomputes what ``policy`` does not save. The layer is split into a pure function of its
@@ -219,19 +264,35 @@ class LlamaForCausalLM(nnx.Module):
         *,
         positions: jax.Array | None = None,
         cache: KVCache | None = None,
+        output_layer: int | None = None,
+        prepend: TokenPrepending | None = None,
     ) -> tuple[jax.Array, KVCache | None]:
         """Final-normed hidden states [B, T, H] (and the updated cache).
 
         Without ``cache``: a whole padded batch, positions from the mask. With ``cache``: the
         next ``T`` tokens are written at ``cache.index`` and attend to every real slot before
         them; ``positions`` [B, T] must then be given (the running count of real tokens).
+
+        ``output_layer`` n < L returns instead the raw (un-normed) input of layer n, i.e. the
+        output of layer n (0 = the embeddings, ``transformers``' ``hidden_states[n]``), running
+        only the first n layers; n = L is the final-normed output. ``prepend``: Token
+        Prepending (whole batches only); a layer's input is replaced before the layer runs, and
+        the output at ``output_layer`` n carries layer n's replacement, as the reference's
+        in-place write does.
         """
         b, t = input_ids.shape
+        depth = len(self.layers)
+        if output_layer is not None and not 0 <= output_layer <= depth:
+            raise ValueError(f"output_layer {output_layer} is outside the model's depth: 0 (embeddings) to {depth}")
         if positions is None:
             if cache is not None:
                 raise ValueError("with a cache, pass the positions of the new tokens")
             positions = position_ids(attention_mask)
-        x = constrain(self.embed(input_ids), ACTIVATION_AXES)
+        if cache is not None and (prepend is not None or output_layer is not None):
+            raise ValueError("output_layer and token prepending run on whole batches, not with a key/value cache")
+        x = self.embed(input_ids) if prepend is None else prepend.embed(self.embed, input_ids)
+        x = constrain(x, ACTIVATION_AXES)
+        last = None if prepend is None else last_index(attention_mask)
         cos, sin = self.rope(positions)
         if cache is None:
             kv_mask, q_slots, write = attention_mask, jnp.arange(t), None
@@ -240,7 +301,9 @@ class LlamaForCausalLM(nnx.Module):
             kv_mask = jax.lax.dynamic_update_slice(cache.mask, attention_mask.astype(cache.mask.dtype), (0, write))
             q_slots = write + jnp.arange(t)
         keys, values = [], []
-        for i, layer in enumerate(self.layers):
+        for i, layer in enumerate(self.layers[:output_layer]):
+            if prepend is not None and prepend.replaces(i):
+                x = prepend.replace(x, input_ids, last)
             if cache is None and self.remat != "none":
                 x = _rematerialised(layer, REMAT_POLICIES[self.remat], x, cos, sin, kv_mask, q_slots)
                 continue  # no cache to fill
@@ -248,6 +311,10 @@ class LlamaForCausalLM(nnx.Module):
             x, (k, v) = layer(x, cos, sin, kv_mask, q_slots, cache_kv, write)
             keys.append(k)
             values.append(v)
+        if output_layer is not None and output_layer < depth:
+            if prepend is not None and prepend.replaces(output_layer):
+                x = prepend.replace(x, input_ids, last)
+            return x, None
         x = self.norm(x)
         if cache is None:
             return x, None
