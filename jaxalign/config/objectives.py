@@ -274,8 +274,8 @@ class WithReferenceConfig(PreferenceConfig):
     reference_model: str | None = None
 
 
-_DPO_OPTION_DEFAULTS = {"loss_weights": None, "label_smoothing": 0.0, "f_divergence_type": "reverse_kl",
-                        "f_alpha_divergence_coef": 0.5, "discopop_tau": 0.05, "bco_delta": 0.0}
+_DPO_OPTIONS = ("loss_weights", "label_smoothing", "f_divergence_type", "f_alpha_divergence_coef", "discopop_tau",
+                "bco_delta")  # DPO's fields passed to dpo_loss by name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -344,7 +344,8 @@ class DPO(WithReferenceConfig):
 
     def loss_options(self) -> dict:
         """The options set away from their defaults (a loss refuses an option it does not take)."""
-        return {k: getattr(self, k) for k, default in _DPO_OPTION_DEFAULTS.items() if getattr(self, k) != default}
+        fields = self.__dataclass_fields__
+        return {k: getattr(self, k) for k in _DPO_OPTIONS if getattr(self, k) != fields[k].default}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -240,6 +240,9 @@ def _inputs(fn: Callable) -> tuple[list[str], set[str]]:
             {p.name for p in params if p.kind is p.KEYWORD_ONLY})
 
 
+_DPO_INPUTS = {name: _inputs(fn) for name, fn in DPO_LOSSES.items()}  # read once, not at every trace
+
+
 # ------------------------------------------------------------------------------- the weighted sum
 
 
@@ -325,8 +328,7 @@ def dpo_loss(
     weights = options.get("loss_weights")
     total = jnp.zeros(pc.shape, pc.dtype)
     for name, weight in zip(types, [1.0] * len(types) if weights is None else weights, strict=True):
-        fn = DPO_LOSSES[name]
-        inputs, keywords = _inputs(fn)
+        fn, (inputs, keywords) = DPO_LOSSES[name], _DPO_INPUTS[name]
         total = total + weight * fn(*(terms[k] for k in inputs), **{k: settings[k] for k in keywords if k in settings})
     return total
 
