@@ -380,7 +380,7 @@ def cmd_merge(args) -> int:
         search = _self_positioning(args, base_dir, model_dirs)
 
     base = read_tensors(base_dir)
-    floating = sorted(k for k, v in base.items() if np.issubdtype(v.dtype, np.floating))
+    floating = sorted(k for k, v in base.items() if jnp.issubdtype(v.dtype, jnp.floating))  # bfloat16 too
     if search is not None:  # the angle the search saw: over the tensors the encoder loads (no MLM heads)
         from fnmatch import fnmatch
 
