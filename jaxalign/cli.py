@@ -345,6 +345,38 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def cmd_select(args) -> int:
+    import jax.numpy as jnp
+
+    from jaxalign.models import load_encoder
+    from jaxalign.models.decoders import is_decoder, load_decoder
+    from jaxalign.selection.deita import DeitaScorer
+    from jaxalign.selection.select import check_options, conversation_embedder, read_rows, select, write_selection
+
+    check_options(args.method, args.fraction, args.tau, args.prefer)
+    rows = read_rows(args.data, args.kind, args.max_examples)
+    dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
+    scorer = embed = None
+    if args.method == "deita":
+        if not is_decoder(args.scorer):
+            raise ValueError(f"--scorer {args.scorer}: Deita scores with a causal LM; give a decoder (e.g. "
+                             "SmolLM2-135M-Instruct, or hkust-nlp/deita-complexity-scorer downloaded)")
+        scorer = DeitaScorer(load_decoder(args.scorer, dtype=dtype), batch_size=args.batch_size,
+                             max_length=args.max_length)
+        if scorer.ids is None:
+            print(f"note: the tokenizer of {args.scorer} has no single-token digits 1-6: every score is 3.0 "
+                  "(Deita's fallback)")
+    if args.method in ("deita", "entropy"):
+        name = args.embedder or args.scorer
+        model = load_decoder(name, dtype=dtype) if is_decoder(name) else load_encoder(name, dtype=dtype)
+        embed = conversation_embedder(model, batch_size=args.batch_size, max_length=args.max_length)
+    chosen = select([r for _, r in rows], method=args.method, fraction=args.fraction, scorer=scorer, embed=embed,
+                    tau=args.tau, prefer=args.prefer, seed=args.seed, cache=args.output)
+    write_selection(args.output, [row for row, _ in rows], chosen)
+    print(f"selected {len(chosen.rows)} of {chosen.num_rows} rows ({args.method}) -> {args.output}")
+    return 0
+
+
 MERGE_METHODS = ("average", "slerp", "ties", "self-positioning")
 
 
@@ -366,7 +398,6 @@ def _check_merge_args(args) -> None:
 def cmd_merge(args) -> int:
     import jax
     import jax.numpy as jnp
-    import numpy as np
 
     from jaxalign.models import merge
     from jaxalign.models.merge_checkpoints import check_compatible, read_tensors, write_merged
@@ -631,6 +662,41 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight of the norm penalty mu * lambda (the paper: best below 0.05). Default: %(default)s")
     g.add_argument("--temperature", type=float, default=0.05, help="InfoNCE temperature. Default: %(default)s")
     p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser(
+        "select", help="score SFT or preference data and write a selected subset (Deita, entropy, random)",
+        description="Score every row of --data and write the chosen subset to --output as jsonl (each row as read, "
+                    "with a 'selection' field of its scores and rank). deita (Liu et al. 2024): each turn's "
+                    "complexity and quality from --scorer (the expected digit 1-6 after Deita's prompts), the row's "
+                    "sum of complexity x quality, rows taken by descending score unless their embedding's cosine "
+                    "similarity to one already taken exceeds --tau. entropy: the leave-one-out change of a 2-component "
+                    "Gaussian mixture's entropy estimate (our reconstruction of Khera et al. 2024). random: a seeded "
+                    "sample. Scores and embeddings are cached beside --output as they are computed, so a stopped "
+                    "run resumes.")
+    p.add_argument("--data", required=True, help="the rows: a file, directory, hf:NAME[:SPLIT] or builtin:prefs-mini")
+    p.add_argument("--kind", choices=("preference", "sft"), default="preference",
+                   help="how rows are read (as `train` reads data.kind); the chosen or sft completion is the response "
+                        "scored. Default: %(default)s")
+    p.add_argument("--output", required=True, help="the jsonl file of selected rows")
+    p.add_argument("--method", default="deita", help="deita | entropy | random. Default: %(default)s")
+    p.add_argument("--fraction", type=float, default=0.25, help="share of rows to keep, in (0, 1]. Default: %(default)s")
+    p.add_argument("--scorer", default="SmolLM2-135M-Instruct",
+                   help="deita: the decoder that scores (the released scorers are hkust-nlp/deita-complexity-scorer "
+                        "and -quality-scorer; any decoder works). Default: %(default)s")
+    p.add_argument("--embedder", default=None,
+                   help="deita / entropy: the model that embeds each conversation, a decoder (last token's final "
+                        "state) or an encoder (its pooling). Default: --scorer")
+    p.add_argument("--tau", type=float, default=0.9, help="deita: cosine-similarity threshold in (0, 1). Default: %(default)s")
+    p.add_argument("--prefer", default="typical",
+                   help="entropy: keep the rows whose removal changes the entropy estimate least (typical: the densest) "
+                        "or most (atypical). "
+                        "Default: %(default)s")
+    p.add_argument("--max-examples", type=int, default=None, help="read only the first N rows")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per compiled batch. Default: %(default)s")
+    p.add_argument("--max-length", type=int, default=2048, help="tokens per scoring prompt. Default: %(default)s")
+    p.add_argument("--dtype", choices=DTYPES, default="float32", help="compute dtype. Default: %(default)s")
+    p.add_argument("--seed", type=int, default=0, help="random / entropy: the seed. Default: %(default)s")
+    p.set_defaults(func=cmd_select)
 
     p = sub.add_parser(
         "plot", help="draw runs' training curves, or benchmark results, as an image",
