@@ -377,6 +377,38 @@ def cmd_select(args) -> int:
     return 0
 
 
+def cmd_restore(args) -> int:
+    import json
+
+    import jax.numpy as jnp
+
+    from jaxalign.data.corpora import read_sentences
+    from jaxalign.data.preference import load_preference
+    from jaxalign.models.decoders import load_decoder
+    from jaxalign.restore.procedure import RestoreConfig, check_same_shapes, likelihood_score, restore
+    from jaxalign.sharding import MeshConfig, make_mesh
+
+    cfg = RestoreConfig(steps=args.steps, warmup_steps=args.warmup_steps, save_every=args.save_every,
+                        recovery_rate=args.recovery_rate, rollback_rate=args.rollback_rate,
+                        metric_drop=args.metric_drop, layer_end=args.layer_end, batch_size=args.batch_size,
+                        max_length=args.max_length)
+    harmful = [s for (s,) in read_sentences(args.harmful)]
+    benign = [s for (s,) in read_sentences(args.benign)]
+    dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
+    aligned, finetuned = (load_decoder(m, dtype=dtype) for m in (args.aligned, args.finetuned))
+    check_same_shapes(aligned, finetuned)
+    score = None
+    if args.task_data:
+        records = load_preference(args.task_data, "sft", args.task_examples)
+        score = likelihood_score(finetuned, records, mesh=make_mesh(MeshConfig.parse("1,1,1")),
+                                 max_length=args.max_length * 2)
+    result = restore(aligned, finetuned, harmful, benign, cfg=cfg, task_score=score, output=args.output)
+    report = {k: v for k, v in result.items() if k != "params"}
+    Path(args.output, "restore.json").write_text(json.dumps(report, indent=2))
+    print(f"delivered step {result['delivered']} -> {Path(args.output) / 'restored'} (report: restore.json)")
+    return 0
+
+
 MERGE_METHODS = ("average", "slerp", "ties", "self-positioning")
 
 
@@ -697,6 +729,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="compute dtype. Default: %(default)s")
     p.add_argument("--seed", type=int, default=0, help="random / entropy: the seed. Default: %(default)s")
     p.set_defaults(func=cmd_select)
+
+    p = sub.add_parser(
+        "restore", help="restore the alignment a fine-tune lost, keeping the task score",
+        description="Yang et al., IEEE S&P 2025: for --steps steps, copy back to --aligned's values the weights of "
+                    "--finetuned (0.1-0.2%% of the decoder layers' parameters a step) whose gradient of "
+                    "-cos(mean last-token state of the --harmful prompts at layer --layer-end, the aligned model's) "
+                    "points toward the aligned value. With --task-data: if after --warmup-steps the task score falls "
+                    "below (1 - --metric-drop) x the fine-tuned model's, restart with rollback (each step returns "
+                    "--rollback-rate of its restored weights, chosen by the --benign prompts' direction); the "
+                    "delivered model is the last checkpoint (every --save-every steps) above that line. Writes "
+                    "--output/step_N, --output/restored and --output/restore.json (harmful-representation distance "
+                    "and task score per checkpoint).")
+    p.add_argument("--aligned", required=True, help="the aligned model (e.g. a chat model)")
+    p.add_argument("--finetuned", required=True, help="a model fine-tuned from --aligned (same shapes)")
+    p.add_argument("--harmful", default="builtin:harmful-mini",
+                   help="prompts the aligned model refuses, one a line. Default: %(default)s")
+    p.add_argument("--benign", default="builtin:benign-mini",
+                   help="the fine-tune's task prompts, one a line. Default: %(default)s")
+    p.add_argument("--task-data", default=None,
+                   help="task (prompt, completion) data as data.kind=sft reads it; the task score is exp(mean "
+                        "log-prob per completion token). Without it: no rollback, the last step delivered")
+    p.add_argument("--task-examples", type=int, default=64, help="task rows scored. Default: %(default)s")
+    p.add_argument("--output", required=True, help="directory for the checkpoints and the report")
+    p.add_argument("--steps", type=int, default=20, help="Default: %(default)s")
+    p.add_argument("--warmup-steps", type=int, default=5, help="Default: %(default)s")
+    p.add_argument("--save-every", type=int, default=5, help="Default: %(default)s")
+    p.add_argument("--recovery-rate", type=float, default=0.002,
+                   help="share of the decoder layers' parameters restored per step. Default: %(default)s")
+    p.add_argument("--rollback-rate", type=float, default=0.2, help="Default: %(default)s")
+    p.add_argument("--metric-drop", type=float, default=0.05, help="tolerated relative task-score fall. Default: %(default)s")
+    p.add_argument("--layer-end", type=int, default=None,
+                   help="the layer whose output represents a prompt. Default: floor(4 L / 6)")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per gradient batch. Default: %(default)s")
+    p.add_argument("--max-length", type=int, default=256, help="tokens per prompt. Default: %(default)s")
+    p.add_argument("--dtype", choices=DTYPES, default="float32", help="compute dtype. Default: %(default)s")
+    p.set_defaults(func=cmd_restore)
 
     p = sub.add_parser(
         "plot", help="draw runs' training curves, or benchmark results, as an image",
