@@ -190,6 +190,8 @@ def select(records: Sequence[PreferenceRecord], *, method: str = "deita", fracti
     n = len(records)
     count = max(1, int(np.ceil(fraction * n)))
     base = Path(cache) if cache else None
+    if base is not None:
+        base.parent.mkdir(parents=True, exist_ok=True)
     sibling = lambda suffix: base.with_name(base.name + suffix) if base else None
     if method == "random":
         rows = np.random.default_rng(seed).permutation(n)[:count]
