@@ -17,6 +17,9 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import jax
+
+from jaxalign.config.loader import ConfigError
 from jaxalign.config.run import TrainConfig
 
 
@@ -30,15 +33,20 @@ def round_config(cfg: TrainConfig, r: int, entry_model: str | None, export: str 
 
 
 def train_rounds(cfg: TrainConfig, train_once: Callable[..., dict], **kwargs) -> dict:
-    """Runs ``train_once(round_cfg, **kwargs)`` for each of ``cfg.objective.rounds`` rounds (the
-    encoders between rounds in a temporary directory) and returns the last round's summary,
-    with ``rounds``: every round's losses, evaluations and steps. A round stopped early (a
-    preemption signal) ends the sequence there."""
-    rounds = cfg.objective.rounds
-    entry_model, done = cfg.objective.entry_model, []
-    with tempfile.TemporaryDirectory(prefix="jaxalign-rounds-") as between:
-        for r in range(1, rounds + 1):
-            export = cfg.export if r == rounds else str(Path(between) / f"round{r}")
+    """Runs ``train_once(round_cfg, **kwargs)`` for each of ``cfg.objective.rounds`` rounds and
+    returns the last round's summary, with ``rounds``: every round's losses, evaluations and
+    steps. The encoders between rounds go to ``<log.dir or checkpoint.dir>/round<r>-encoder``
+    (every process must read them: a shared directory), else to a temporary directory of a
+    single-process run. A round stopped early (a preemption signal) ends the sequence there."""
+    work = cfg.log.dir or cfg.checkpoint.dir
+    if work is None and jax.process_count() > 1:
+        raise ConfigError(f"objective.rounds={cfg.objective.rounds} on {jax.process_count()} processes: set log.dir or "
+                          "checkpoint.dir to a directory every process reads, for the encoders between rounds")
+    with tempfile.TemporaryDirectory(prefix="jaxalign-rounds-") as scratch:
+        between = lambda r: str(Path(work or scratch) / f"round{r}-encoder")
+        entry_model, done = cfg.objective.entry_model, []
+        for r in range(1, cfg.objective.rounds + 1):
+            export = cfg.export if r == cfg.objective.rounds else between(r)
             summary = train_once(round_config(cfg, r, entry_model, export), **kwargs)
             done.append({"round": r, **{k: summary[k] for k in ("losses", "eval", "steps")}})
             if summary.get("stopped_by"):
