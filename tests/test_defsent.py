@@ -78,6 +78,16 @@ def test_entry_matrix_split_over_8_devices_equals_one_device():
     assert float(acc) == pytest.approx(single[2])
 
 
+def test_no_whole_logits_in_memory():
+    """131k entries: the compiled loss and gradient hold chunks of logits, never all [B, N]."""
+    b, d, c, k = 16, 16, 1024, 128
+    f = jax.jit(jax.value_and_grad(lambda q, w, y: entry_cross_entropy(q, w, y, num_entries=c * k - 7), has_aux=True))
+    shapes = [jax.ShapeDtypeStruct(s, t) for s, t in [((b, d), jnp.float32), ((k, c, d), jnp.float32),
+                                                       ((b,), jnp.int32)]]
+    temp = f.lower(*shapes).compile().memory_analysis().temp_size_in_bytes
+    assert temp < b * c * k * 4 / 8, temp
+
+
 def test_reference_format(tmp_path):
     path = tmp_path / "dict.tsv"
     path.write_text("bank\tland beside a river <|list_more_def|> a place that keeps money\n\n"
@@ -115,6 +125,16 @@ def test_wordnet_format(tmp_path):
                           ("(usually followed by `to') having the necessary means or skill", 3),
                           ("familiar", 4), ("familiar", 5)]
     assert read_definitions(str(tmp_path / "data.adj")).entries == ("able", "big", "old hat")
+
+
+def test_installed_wordnet():
+    """WordNet 3.0 as Debian's wordnet-base installs it, when it is there."""
+    path = Path("/usr/share/wordnet")
+    if not (path / "data.adv").is_file():
+        pytest.skip("WordNet is not installed (apt-get install wordnet-base)")
+    d = read_definitions(str(path / "data.adv"))
+    assert len(d.entries) > 3000 and all(e and "_" not in e for e in d.entries)
+    assert all(d and '; "' not in d for d in d.definitions)
 
 
 @pytest.mark.parametrize("name, text, message", [

@@ -238,7 +238,8 @@ class DefSent(ObjectiveBase):
         state; amp: the mean of their masked token means.
       sentence_pooling: what the head reads of a definition, through the checkpoint's pooler
         (dense + tanh): cls: the [CLS] state (BERT's pooler output); mean: the masked token
-        mean; null: cls with entry_pooling=ac, mean with amp.
+        mean; null: cls with entry_pooling=ac, mean with amp (a pairing of jaxalign's: the
+        official code sets the two apart).
       isotropic: FastICA over the standardised entry embeddings (unit-variance sources, x100),
         the official code's ICA transform; needs at least as many entries as embedding channels.
       rounds: progressive training: each round retrains model.name with entry embeddings from
