@@ -22,6 +22,7 @@ from jaxalign.objectives.entries import entry_means, isotropic
 from jaxalign.sharding import MeshConfig, make_mesh
 from jaxalign.sharding.rules import named_sharding
 from jaxalign.tasks import definition
+from jaxalign.training import progressive
 from jaxalign.training.trainer import train
 
 DEFSENT = ["objective.name=defsent", "data.kind=definitions", "data.path=builtin:defs-mini"]
@@ -227,3 +228,23 @@ def test_two_progressive_rounds_train_and_export(tmp_path, monkeypatch):
     assert exported.config.num_hidden_layers == 1 and exported.config.with_pooler
     trained = jax.device_get(summary["state"].params["encoder"]["layers"][0]["up"]["kernel"])
     np.testing.assert_allclose(exported.params["layers"][0]["up"]["kernel"], trained)
+
+
+def test_rounds_thread_each_encoder_into_the_next(tmp_path):
+    """Each round trains model.name again, its entries from the previous round's export; a
+    round stopped early ends the sequence."""
+    cfg = load_recipe(TrainConfig, None, [*DEFSENT, "objective.rounds=3", "objective.entry_model=start",
+                                          f"log.dir={tmp_path}", f"export={tmp_path}/final"])
+    seen = []
+
+    def fake(round_cfg, stop=None):
+        seen.append((round_cfg.model.name, round_cfg.objective.entry_model, round_cfg.export, round_cfg.log.dir))
+        return {"losses": {}, "eval": {}, "steps": 1, "stopped_by": "SIGTERM" if len(seen) == stop else None}
+
+    assert [r["round"] for r in progressive.train_rounds(cfg, fake)["rounds"]] == [1, 2, 3]
+    name = cfg.model.name
+    assert seen == [(name, "start", f"{tmp_path}/round1-encoder", f"{tmp_path}/round1"),
+                    (name, f"{tmp_path}/round1-encoder", f"{tmp_path}/round2-encoder", f"{tmp_path}/round2"),
+                    (name, f"{tmp_path}/round2-encoder", f"{tmp_path}/final", f"{tmp_path}/round3")]
+    seen.clear()
+    assert len(progressive.train_rounds(cfg, fake, stop=2)["rounds"]) == 2
