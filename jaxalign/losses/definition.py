@@ -47,23 +47,23 @@ def entry_cross_entropy(queries: jax.Array, entries: jax.Array, labels: jax.Arra
     queries = queries.astype(jnp.float32)
 
     def body(carry, xs):
-        running_max, running_sum, target, best, best_id = carry
+        running_max, running_sum, target, best_id = carry
         w, k = xs
         ids = k * chunk + jnp.arange(chunk)
-        logits = jnp.einsum("bd,cd->bc", queries, w.astype(jnp.float32))
+        # Full float32 passes: ICA-scaled entries give logits in the thousands, where one-pass
+        # bfloat16 matmuls (TPU's default) would be off by whole units.
+        logits = jnp.einsum("bd,cd->bc", queries, w.astype(jnp.float32), precision=jax.lax.Precision.HIGHEST)
         logits = jnp.where(ids < num_entries, logits, -jnp.inf)
         target = target + jnp.sum(jnp.where(ids == labels[:, None], logits, 0.0), axis=-1)
         chunk_max = logits.max(-1)
         new_max = jnp.maximum(running_max, chunk_max)
         running_sum = running_sum * jnp.exp(running_max - new_max) + jnp.exp(logits - new_max[:, None]).sum(-1)
-        better = chunk_max > best
-        best_id = jnp.where(better, k * chunk + jnp.argmax(logits, -1), best_id)
-        return (new_max, running_sum, target, jnp.maximum(best, chunk_max), best_id), None
+        best_id = jnp.where(chunk_max > running_max, k * chunk + jnp.argmax(logits, -1), best_id)
+        return (new_max, running_sum, target, best_id), None
 
-    init = (jnp.full((b,), -jnp.inf), jnp.zeros((b,)), jnp.zeros((b,)), jnp.full((b,), -jnp.inf),
-            jnp.zeros((b,), jnp.int32))
+    init = (jnp.full((b,), -jnp.inf), jnp.zeros((b,)), jnp.zeros((b,)), jnp.zeros((b,), jnp.int32))
     xs = (entries, jnp.arange(entries.shape[0]))
-    (running_max, running_sum, target, _, best_id), _ = jax.lax.scan(jax.checkpoint(body), init, xs)
+    (running_max, running_sum, target, best_id), _ = jax.lax.scan(jax.checkpoint(body), init, xs)
     loss = jnp.mean(running_max + jnp.log(running_sum) - target)
     accuracy = jnp.mean((best_id == labels).astype(jnp.float32))
     return loss, jax.lax.stop_gradient(accuracy)
