@@ -68,8 +68,9 @@ def main() -> None:
         summary = train(cfg)
         minutes = (time.perf_counter() - start) / 60
         after = stsb_test(cfg.export, None, data)
-        row = {"recipe": name, "overrides": args.set, "stsb_test_before": before, "stsb_test_after": after, "steps": cfg.steps,
-               "batch_size": cfg.data.batch_size, "minutes": minutes, "examples_per_s": summary["examples_per_s"],
+        row = {"recipe": name, "overrides": args.set, "stsb_test_before": before, "stsb_test_after": after,
+               "steps": cfg.steps, "batch_size": cfg.data.batch_size, "minutes": minutes,
+               "examples_per_s": summary["examples_per_s"],
                "stsb_dev": summary["eval"], "first_loss": summary["losses"][min(summary["losses"])],
                "last_loss": summary["losses"][max(summary["losses"])], "skipped": summary["skipped"]}
         if "rounds" in summary:
@@ -81,8 +82,10 @@ def main() -> None:
     print("\n| recipe | steps x batch | STS-B test before | after | minutes (2-core CPU) | command |")
     print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['recipe']} | {r['steps']} x {r['batch_size']} | {r['stsb_test_before']:.2f} | "
-              f"{r['stsb_test_after']:.2f} | {r['minutes']:.1f} | `python experiments/run_small.py {r['recipe']}` |")
+        sets = "".join(f" --set {o}" for o in r["overrides"])
+        print(f"| {r['recipe']}{sets} | {r['steps']} x {r['batch_size']} | {r['stsb_test_before']:.2f} | "
+              f"{r['stsb_test_after']:.2f} | {r['minutes']:.1f} | "
+              f"`python experiments/run_small.py {r['recipe']}{sets}` |")
 
 
 if __name__ == "__main__":
