@@ -128,6 +128,16 @@ def test_wordnet_format(tmp_path):
     assert read_definitions(str(tmp_path / "data.adj")).entries == ("able", "big", "old hat")
 
 
+def test_installed_wordnet():
+    """WordNet 3.0 as Debian's wordnet-base installs it, when it is there."""
+    path = Path("/usr/share/wordnet")
+    if not (path / "data.adv").is_file():
+        pytest.skip("WordNet is not installed (apt-get install wordnet-base)")
+    d = read_definitions(str(path / "data.adv"))
+    assert len(d.entries) > 3000 and all(e and "_" not in e for e in d.entries)
+    assert all(d and '; "' not in d for d in d.definitions)
+
+
 @pytest.mark.parametrize("name, text, message", [
     ("d.tsv", "cat\ta small furry animal\ndog\t\n", r"d.tsv:2: entry 'dog' has no definition"),
     ("d.tsv", "cat\ta pet\nparrot\n", r"d.tsv:2: entry 'parrot' has no definition"),
