@@ -57,7 +57,7 @@ def main() -> None:
         if args.steps:
             overrides.append(f"steps={args.steps}")
         overrides += args.set
-        tag = name + "".join(f"_{o.split('=', 1)[1]}" for o in args.set)
+        tag = name + "".join(f"_{o.rsplit('.', 1)[-1]}" for o in args.set)  # defsent_small_entry_pooling=amp
         cfg = load_recipe(TrainConfig, HERE / f"{name}.yaml", overrides)
         # Recipes name ../shared/data paths; point them at --data.
         local = lambda p: p.replace("../shared/data", str(data)) if p else p
