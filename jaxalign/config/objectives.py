@@ -244,7 +244,8 @@ class DefSent(ObjectiveBase):
         the official code's ICA transform; needs at least as many entries as embedding channels.
       rounds: progressive training: each round retrains model.name with entry embeddings from
         the previous round's trained encoder (the official readme goes up to 3).
-      entry_model: the encoder that computes the first round's entry embeddings; null: model.name.
+      entry_model: the encoder that computes the first round's entry embeddings (cut to model.num_layers
+        too); null: model.name.
       chunk: entries per softmax chunk: [batch, chunk] logits at a time (a multiple of the
         mesh's fsdp x tensor size, which the entry matrix is split over).
     """
