@@ -7,6 +7,7 @@ table that ``experiments/README.md`` records.
 
     python experiments/run_small.py                      # every small recipe
     python experiments/run_small.py simcse_unsup_small   # some of them
+    python experiments/run_small.py defsent_small --set objective.entry_pooling=amp   # with overrides
 """
 
 from __future__ import annotations
