@@ -95,7 +95,7 @@ class DataConfig:
       kind: sentences: one per line (unsup. SimCSE); nli: SNLI/MNLI triplets; pairs: scored
         sentence pairs; preference: (prompt, chosen, rejected); unpaired: (prompt, completion,
         label) for KTO; negatives: (prompt, rejected[, samples]) for D2O; sft: (prompt,
-        completion) for PoFT and ADPA
+        completion) for PoFT and ADPA; definitions: a dictionary (entry, definitions) for DefSent+
       path: file, directory, hf:NAME[:SPLIT], tfds:NAME[:SPLIT] or builtin:...
       batch_size: global batch, split over the mesh's data axes
       shuffle: reshuffle every epoch (seeded: a resumed run sees the same order)
@@ -125,7 +125,8 @@ class DataConfig:
         ahead; 0: in the loop
     """
 
-    kind: Literal["sentences", "nli", "pairs", "preference", "unpaired", "negatives", "sft"] = "sentences"
+    kind: Literal["sentences", "nli", "pairs", "preference", "unpaired", "negatives", "sft",
+                  "definitions"] = "sentences"
     path: str = "builtin:sentences-mini"
     batch_size: int = 64
     shuffle: bool = True
