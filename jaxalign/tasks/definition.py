@@ -34,6 +34,7 @@ from jaxalign.objectives.entries import ENTRY_POOLING, entry_embeddings, isotrop
 from jaxalign.ops.pooling import PoolingConfig
 from jaxalign.sharding.mesh import batch_parallel_size
 from jaxalign.sharding.rules import named_sharding
+from jaxalign.tasks.contrastive import sentence_embedder
 
 ENTRY_AXES = (None, "entries", None)  # [chunks, entries of a chunk, embedding]
 
@@ -99,8 +100,9 @@ class DefinitionTask:
         task = cls(cfg, mesh, encoder, objective, pooling, stream, tokens, {"encoder": encoder.params},
                    {"encoder": encoder.axes}, {"entries": entries}, {"entries": ENTRY_AXES})
         if cfg.eval.data:
-            task.evaluator = StsEvaluator(encoder, pooling, load_sts(cfg.eval.data, split=cfg.eval.split), mesh=mesh,
-                                          batch_size=cfg.eval.batch_size, max_length=cfg.model.max_length)
+            task.evaluator = StsEvaluator(sentence_embedder(encoder, pooling, mesh, cfg.eval.batch_size,
+                                                            cfg.model.max_length),
+                                          load_sts(cfg.eval.data, split=cfg.eval.split))
         return task
 
     def batch_axes(self) -> dict:
