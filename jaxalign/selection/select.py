@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -38,6 +39,8 @@ from jaxalign.ops.pooling import PoolingConfig, pool
 from jaxalign.selection.deita import DeitaScorer
 from jaxalign.selection.diversity import repr_filter
 from jaxalign.selection.entropy import entropy_change
+
+log = logging.getLogger(__name__)
 
 METHODS = ("deita", "entropy", "random")
 KINDS = {"preference": "paired", "sft": "sft"}
@@ -207,7 +210,11 @@ def select(records: Sequence[PreferenceRecord], *, method: str = "deita", fracti
         raise ValueError("--method deita needs a scorer model")
     scores = deita_scores(scorer, records, sibling(".scores.jsonl"), progress)
     order = np.argsort([-s["score"] for s in scores], kind="stable")
-    return Selection(repr_filter(embeddings, order, tau=tau, count=count), scores, n)
+    rows = repr_filter(embeddings, order, tau=tau, count=count)
+    if len(rows) < count:
+        log.warning("only %d of the %d rows wanted passed the diversity filter (tau=%g): the embeddings are too "
+                    "alike for this threshold; raise --tau or use another --embedder", len(rows), count, tau)
+    return Selection(rows, scores, n)
 
 
 def write_selection(path: str | Path, rows: Sequence[sources.Row], selection: Selection) -> Path:
