@@ -370,8 +370,10 @@ def cmd_select(args) -> int:
         name = args.embedder or args.scorer
         model = load_decoder(name, dtype=dtype) if is_decoder(name) else load_encoder(name, dtype=dtype)
         embed = conversation_embedder(model, batch_size=args.batch_size, max_length=args.max_length)
+    settings = f"{args.dtype}:{args.max_length}"
     chosen = select([r for _, r in rows], method=args.method, fraction=args.fraction, scorer=scorer, embed=embed,
-                    tau=args.tau, prefer=args.prefer, seed=args.seed, cache=args.output)
+                    tau=args.tau, prefer=args.prefer, seed=args.seed, cache=args.output,
+                    scorer_key=f"{args.scorer}:{settings}", embed_key=f"{args.embedder or args.scorer}:{settings}")
     write_selection(args.output, [row for row, _ in rows], chosen)
     print(f"selected {len(chosen.rows)} of {chosen.num_rows} rows ({args.method}) -> {args.output}")
     return 0

@@ -126,7 +126,7 @@ def test_cli_selects_resumes_and_writes_loadable_rows(tiny, tmp_path, capsys):
     assert len(rows) == 6 and [r["selection"]["rank"] for r in rows] == list(range(6))
     scores = [r["selection"]["score"] for r in rows]
     assert scores == sorted(scores, reverse=True)  # tau near 1 rejects nothing here
-    cache = out.with_name(out.name + ".scores.jsonl")
+    (cache,) = out.parent.glob(out.name + ".scores-*.jsonl")
     assert len(cache.read_text().splitlines()) == 12
     # Resume: drop the last scored rows from the cache; only they are scored again.
     lines = cache.read_text().splitlines()
@@ -136,6 +136,8 @@ def test_cli_selects_resumes_and_writes_loadable_rows(tiny, tmp_path, capsys):
     again = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["selection"]["row"] for r in again] == [r["selection"]["row"] for r in rows]
     assert len(load_preference(str(out))) == 6
+    assert main([*args[:-2], "--max-length", "80", "--tau", "0.999"]) == 0  # other settings: scored afresh
+    assert len(list(out.parent.glob(out.name + ".scores-*.jsonl"))) == 2
     assert main([*args[:-4], "--method", "random", "--output", str(tmp_path / "r.jsonl")]) == 0
     assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 6
 

@@ -14,13 +14,14 @@ Methods:
 A row's conversation for the embeddings is rendered with the Vicuna v1.1 template, as Deita's
 ``embed_datasets.py`` renders it; a decoder embeds it by the last real token's final hidden
 state (Deita's choice), an encoder by its own pooling. Scores are appended to
-``<output>.scores.jsonl`` as they are computed and embeddings saved to
-``<output>.embeddings.npy``, so an interrupted run resumes where it stopped.
+``<output>.scores-<scorer hash>.jsonl`` as they are computed and embeddings saved to
+``<output>.embeddings-<embedder hash>.npy``, so an interrupted run resumes where it stopped.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -185,30 +186,32 @@ def cached_embeddings(embed: Callable[[list[str]], np.ndarray], records: Sequenc
 def select(records: Sequence[PreferenceRecord], *, method: str = "deita", fraction: float = 0.25,
            scorer: DeitaScorer | None = None, embed: Callable[[list[str]], np.ndarray] | None = None,
            tau: float = 0.9, prefer: str = "typical", seed: int = 0, cache: str | Path | None = None,
-           progress: bool = True) -> Selection:
+           scorer_key: str = "", embed_key: str = "", progress: bool = True) -> Selection:
     """Chooses ``ceil(fraction * N)`` of ``records`` by ``method`` (see the module docstring).
-    ``cache``: the output path whose ``.scores.jsonl`` / ``.embeddings.npy`` siblings hold
-    the scores and embeddings computed so far."""
+    ``cache``: the output path whose ``.scores-<key>.jsonl`` / ``.embeddings-<key>.npy``
+    siblings hold the scores and embeddings computed so far; ``scorer_key`` / ``embed_key`` name
+    the models (and settings) that made them, so another scorer or embedder starts afresh."""
     check_options(method, fraction, tau, prefer)
     n = len(records)
     count = max(1, int(np.ceil(fraction * n)))
     base = Path(cache) if cache else None
     if base is not None:
         base.parent.mkdir(parents=True, exist_ok=True)
-    sibling = lambda suffix: base.with_name(base.name + suffix) if base else None
+    digest = lambda key: hashlib.sha1(key.encode()).hexdigest()[:10]
+    sibling = lambda what, key, ext: base.with_name(f"{base.name}.{what}-{digest(key)}{ext}") if base else None
     if method == "random":
         rows = np.random.default_rng(seed).permutation(n)[:count]
         return Selection(rows, [{} for _ in range(n)], n)
     if embed is None:
         raise ValueError(f"--method {method} needs embeddings: give an embedder")
-    embeddings = cached_embeddings(embed, records, sibling(".embeddings.npy"))
+    embeddings = cached_embeddings(embed, records, sibling("embeddings", embed_key, ".npy"))
     if method == "entropy":
         delta = entropy_change(embeddings, seed=seed)
         order = np.argsort(delta if prefer == "typical" else -delta, kind="stable")
         return Selection(order[:count], [{"entropy_change": float(d)} for d in delta], n)
     if scorer is None:
         raise ValueError("--method deita needs a scorer model")
-    scores = deita_scores(scorer, records, sibling(".scores.jsonl"), progress)
+    scores = deita_scores(scorer, records, sibling("scores", scorer_key, ".jsonl"), progress)
     order = np.argsort([-s["score"] for s in scores], kind="stable")
     rows = repr_filter(embeddings, order, tau=tau, count=count)
     if len(rows) < count:
