@@ -20,6 +20,7 @@ from jaxalign.config.objectives import (
     Matryoshka,
     ObjectiveConfig,
     PoFT,
+    Reward,
     SimCSE,
     SimPO,
     TwoDMSE,
@@ -28,4 +29,4 @@ from jaxalign.config.objectives import (
 )
 
 __all__ = ["ADPA", "ASFT", "CPO", "D2O", "DCKD", "DPO", "DSE", "KTO", "OBJECTIVES", "ORPO", "AnglE", "CoSENT",
-           "Matryoshka", "ObjectiveConfig", "PoFT", "SimCSE", "SimPO", "TwoDMSE", "WhitenedCSE", "WhiteningConfig"]
+           "Matryoshka", "ObjectiveConfig", "PoFT", "Reward", "SimCSE", "SimPO", "TwoDMSE", "WhitenedCSE", "WhiteningConfig"]
