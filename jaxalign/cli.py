@@ -1,5 +1,5 @@
 """The ``jaxalign`` command line: ``embed``, ``generate``, ``train``, ``eval sts``, ``eval mteb``,
-``eval preference``, ``merge`` and ``plot``.
+``eval preference``, ``eval reward``, ``merge`` and ``plot``.
 
 Every subcommand validates its inputs (model, data, mesh, shapes) before compiling anything
 and reports bad input as one line naming the file/field and the fix, without a traceback.
@@ -277,6 +277,39 @@ def cmd_eval_preference(args) -> int:
     if args.json:
         write_json(args.json, summary, {k: getattr(args, k) for k in ("model", "data", "ref", "beta", "max_length",
                                                                        "max_prompt_length", "num_layers", "dtype")})
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _scorer(args):
+    """The scorer of ``--model DIR`` (a reward model) or ``--scorer SPEC``, exactly one of them."""
+    import jax.numpy as jnp
+
+    from jaxalign.inference.scorers import SCORER_SPECS, load_scorer
+
+    if bool(args.model) == bool(args.scorer):
+        raise ValueError(f"give --model DIR (a reward model) or --scorer SPEC ({SCORER_SPECS}), one of the two")
+    return load_scorer(args.scorer or f"reward:{args.model}", num_layers=args.num_layers,
+                       dtype=jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32)
+
+
+def cmd_eval_reward(args) -> int:
+    from rich.console import Console
+
+    from jaxalign.eval.preference import render_table, write_json
+    from jaxalign.eval.reward import evaluate_scorer
+
+    scorer = _scorer(args)
+    summary = evaluate_scorer(scorer, args.data, max_examples=args.max_examples, skip_examples=args.skip_examples,
+                              max_length=args.max_length, max_prompt_length=args.max_prompt_length,
+                              max_completion_length=args.max_completion_length, chat_template=args.chat_template,
+                              batch_size=args.batch_size)
+    if not _main_process():
+        return 0
+    Console().print(render_table(summary, title=f"Pairwise, {scorer.name} on {args.data}"))
+    if args.json:
+        write_json(args.json, summary, {"scorer": scorer.name, "data": args.data, "max_length": args.max_length,
+                                        "skip_examples": args.skip_examples})
         print(f"wrote {args.json}")
     return 0
 
@@ -590,6 +623,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     _add_launch_args(p)
     p.set_defaults(func=cmd_eval_preference)
+
+    p = ev_sub.add_parser(
+        "reward", help="pairwise accuracy and mean margin of a reward model (or DPO's implicit reward)",
+        description="Scores the chosen and the rejected completion of each preference pair with a reward model "
+                    "(--model, a LlamaForSequenceClassification checkpoint such as objective.name=reward exports) "
+                    "or any scorer (--scorer reward:DIR or dpo:POLICY,REF,BETA) and reports the share of pairs "
+                    "scored chosen > rejected and the mean margin r(chosen) - r(rejected).",
+    )
+    p.add_argument("--model", default=None, help="a reward model checkpoint directory")
+    p.add_argument("--scorer", default=None, metavar="SPEC", help="reward:DIR or dpo:POLICY,REF,BETA")
+    p.add_argument("--data", default="builtin:prefs-mini", help="held-out preference pairs. Default: %(default)s")
+    p.add_argument("--max-examples", type=int, default=None, help="score the first N pairs (default: all)")
+    p.add_argument("--skip-examples", type=int, default=0, help="pass over the first N pairs. Default: 0")
+    p.add_argument("--max-length", type=int, default=1024, help="prompt + completion tokens. Default: %(default)s")
+    p.add_argument("--max-prompt-length", type=int, default=None, help="keep the prompt's last N tokens")
+    p.add_argument("--max-completion-length", type=int, default=None, help="keep each completion's first N tokens")
+    p.add_argument("--chat-template", default=None, help="as data.chat_template ('auto': every record as a chat)")
+    p.add_argument("--batch-size", type=int, default=16, help="sequences per compiled batch. Default: %(default)s")
+    p.add_argument("--num-layers", type=int, default=None, help="keep only the first N layers (quick checks)")
+    p.add_argument("--dtype", choices=DTYPES, default="float32", help="compute dtype. Default: %(default)s")
+    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    _add_launch_args(p)
+    p.set_defaults(func=cmd_eval_reward)
 
     p = sub.add_parser(
         "merge", help="merge fine-tuned checkpoints of one base model into one checkpoint",
