@@ -173,6 +173,8 @@ def cmd_generate(args) -> int:
 
     if bool(args.prompt) == bool(args.data):
         raise ValueError("give either --prompt (one or more, printed) or --data with --output (D2O samples), not both")
+    if args.best_of is not None:
+        return _best_of_n(args)
     if args.data and not args.output:
         raise ValueError("--data needs --output: the jsonl file of {prompt, rejected, samples} records to write")
     decoder = load_decoder(args.model, dtype=jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32,
@@ -198,6 +200,61 @@ def cmd_generate(args) -> int:
     if not _main_process():
         return 0
     print(f"wrote {n} records with {args.num_samples} samples each -> {args.output}")
+    return 0
+
+
+def _best_of_n(args) -> int:
+    """``generate --best-of N --scorer SPEC``: every check before the policy is compiled."""
+    import jax.numpy as jnp
+    from rich.console import Console
+    from rich.table import Table
+
+    from jaxalign.data.preference import load_preference
+    from jaxalign.data.preference.tokens import tokenize_preference
+    from jaxalign.inference.best_of_n_sampling import check_best_of_n, run_best_of_n, summarise
+    from jaxalign.inference.scorers import SCORER_SPECS, load_scorer
+    from jaxalign.models.decoders import load_decoder
+
+    if not args.scorer:
+        raise ValueError(f"--best-of needs --scorer: {SCORER_SPECS}")
+    if args.best_of < 2:
+        raise ValueError(f"--best-of {args.best_of}: N must be >= 2 (N = 1 is plain sampling)")
+    if args.data and not args.output:
+        raise ValueError("--best-of with --data needs --output: the JSON report to write (scores are cached beside it)")
+    dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
+    policy = load_decoder(args.model, dtype=dtype, num_layers=args.num_layers)
+    prompts = args.prompt
+    if args.data:
+        records = load_preference(args.data, "negatives", args.max_examples, args.skip_examples)
+        tokens = tokenize_preference(policy.tokenizer, records, max_length=policy.max_length, num_samples=0,
+                                     max_prompt_length=args.max_prompt_length, chat_template=args.chat_template)
+        prompts = [ex.prompt.tolist() for ex in tokens.examples]
+    scorer = load_scorer(args.scorer, dtype=dtype)
+    check_best_of_n(policy, scorer, prompts, args.best_of)
+    cache = args.cache or (f"{args.output}.scores.jsonl" if args.output else None)
+    rows = run_best_of_n(policy, scorer, prompts, n=args.best_of, max_new_tokens=args.max_new_tokens,
+                         temperature=1.0 if args.temperature is None else args.temperature, top_p=args.top_p,
+                         top_k=args.top_k, seed=args.seed, chat=args.chat, batch_size=args.batch_size, cache=cache,
+                         settings={"model": args.model, "num_layers": args.num_layers, "scorer": args.scorer,
+                                   "dtype": args.dtype})
+    report = summarise(rows, args.best_of)
+    overall = report["overall"]
+    table = Table(title=f"best-of-{args.best_of}, {args.model} scored by {scorer.name}")
+    for column in ("prompt", "best", "mean of N", "KL exact", "win vs ref"):
+        table.add_column(column, justify="right")
+    for p in report["per_prompt"][:20]:
+        table.add_row(str(p["index"]), f"{p['best_reward']:.4f}", f"{p['mean_reward']:.4f}", f"{p['kl_exact']:.4f}",
+                      f"{p['win_vs_reference']:g}")
+    table.add_row("all", f"{overall['best_reward']:.4f}", f"{overall['mean_reward']:.4f}",
+                  f"{overall['kl_exact']:.4f}", f"{overall['win_vs_reference']:.3f}")
+    Console().print(table)
+    print(f"KL(pi_BoN || p), exact over each prompt's {args.best_of} samples: mean {overall['kl_exact']:.4f} nats; "
+          f"upper bound log N - (N-1)/N = {overall['kl_bound']:.4f}\n"
+          f"win rate vs one reference sample: measured {overall['win_vs_reference']:.3f}, exact over the samples "
+          f"{overall['win_rate_exact']:.3f}; upper bound N/(N+1) = {overall['win_rate_bound']:.3f}")
+    if args.output:
+        Path(args.output).write_text(json.dumps({"settings": vars(args) | {"func": None}, **report}, indent=2))
+        print(f"wrote {args.output} (scores cached in {cache})")
     return 0
 
 
@@ -527,6 +584,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="sampling seed. Default: %(default)s")
     p.add_argument("--num-layers", type=int, default=None, help="keep only the first N layers (quick checks)")
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="compute dtype. Default: %(default)s")
+    g = p.add_argument_group("best-of-N (Stiennon et al. 2020; KL measured as Beirami et al. 2024)")
+    g.add_argument("--best-of", type=int, default=None, metavar="N",
+                   help="sample N completions per prompt (plus one reference sample), keep the best by --scorer, "
+                        "and report best vs mean reward, the exact KL of best-of-N over the samples beside the bound "
+                        "log N - (N-1)/N, and the win rate against the reference sample")
+    g.add_argument("--scorer", default=None, metavar="SPEC", help="reward:DIR or dpo:POLICY,REF,BETA")
+    g.add_argument("--cache", default=None,
+                   help="JSONL file of the scores as computed; a rerun resumes from it. Default: OUTPUT.scores.jsonl")
     _add_launch_args(p)
     p.set_defaults(func=cmd_generate)
 
