@@ -72,3 +72,93 @@ def test_bad_inputs():
         bon.best_of_n_kl([1.0, 2.0], [1.0], 2)
     with pytest.raises(ValueError, match="finite"):
         bon.best_of_n_kl([np.nan], [1.0], 2)
+
+
+# ------------------------------------------------------------------ sampling with a scorer, end to end
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny random policy, a reward model on its vocabulary and one on another vocabulary."""
+    import jax
+
+    from jaxalign.models.decoders import load_decoder
+    from jaxalign.models.reward import export_reward_model, init_score_head
+    from test_decoder_parity import save_tiny_decoder
+
+    root = tmp_path_factory.mktemp("bon")
+    out = {}
+    for name, vocab in (("policy", 128), ("other", 100)):
+        save_tiny_decoder(root / name, "LlamaForCausalLM", tie_word_embeddings=True, vocab_size=vocab)
+        decoder = load_decoder(root / name)
+        head = init_score_head(jax.random.PRNGKey(0), decoder.config.hidden_size, std=1.0)
+        out[name] = decoder
+        out[f"{name}_rm"] = export_reward_model(decoder, jax.device_get(decoder.params), head, root / f"{name}_rm")
+    return out
+
+
+PROMPTS = ["w1 w2", "w3", "w4 w5 w6"]
+SAMPLING = dict(n=3, max_new_tokens=4, temperature=1.0, batch_size=8)  # two prompts per batch
+
+
+def no_generate(*args, **kwargs):
+    raise AssertionError("sampled (and compiled) although nothing was left to do")
+
+
+def test_best_of_n_reports_and_resumes(tiny, tmp_path, monkeypatch):
+    from jaxalign.inference import best_of_n_sampling as sampling
+    from jaxalign.inference.scorers import load_scorer
+
+    scorer = load_scorer(f"reward:{tiny['policy_rm']}")
+    cache = tmp_path / "scores.jsonl"
+    rows = sampling.run_best_of_n(tiny["policy"], scorer, PROMPTS, cache=cache, **SAMPLING)
+    assert [r["index"] for r in rows] == [0, 1, 2] and all(len(r["rewards"]) == 3 for r in rows)
+    report = sampling.summarise(rows, 3)
+    for row, p in zip(rows, report["per_prompt"]):
+        assert p["best_reward"] == max(row["rewards"]) >= p["mean_reward"]
+        distinct = sorted(set(row["copies"]))
+        counts = [row["copies"].count(i) for i in distinct]
+        assert p["kl_exact"] == pytest.approx(bon.best_of_n_kl(np.asarray(row["rewards"])[distinct], counts, 3))
+        assert p["kl_exact"] <= bon.kl_bound(3) + 1e-12
+    overall = report["overall"]
+    assert overall["kl_bound"] == pytest.approx(math.log(3) - 2 / 3) and overall["win_rate_bound"] == 0.75
+    assert overall["prompts"] == 3 and 0 <= overall["win_vs_reference"] <= 1
+
+    monkeypatch.setattr(sampling, "generate", no_generate)  # everything cached: nothing to sample
+    assert sampling.run_best_of_n(tiny["policy"], scorer, PROMPTS, cache=cache, **SAMPLING) == rows
+    monkeypatch.undo()
+    lines = cache.read_text().splitlines()
+    cache.write_text("\n".join(lines[:3]) + "\n" + lines[3][:10])  # killed mid-write of the second batch
+    again = sampling.run_best_of_n(tiny["policy"], scorer, PROMPTS, cache=cache, **SAMPLING)
+    assert [r["best"] for r in again] == [r["best"] for r in rows]  # the same seeds: the same samples
+    np.testing.assert_allclose([r["rewards"] for r in again], [r["rewards"] for r in rows], atol=1e-5)
+    with pytest.raises(ValueError, match="other settings"):
+        sampling.run_best_of_n(tiny["policy"], scorer, PROMPTS, cache=cache, **{**SAMPLING, "n": 2})
+
+
+def test_bad_input_is_refused_before_compiling(tiny, tmp_path, monkeypatch, capsys):
+    from jaxalign.cli import main
+    from jaxalign.inference import best_of_n_sampling as sampling
+    from jaxalign.inference.scorers import load_scorer
+
+    monkeypatch.setattr(sampling, "generate", no_generate)
+    scorer = load_scorer(f"reward:{tiny['policy_rm']}")
+    run = lambda scorer, prompts, **kw: sampling.run_best_of_n(tiny["policy"], scorer, prompts, **{**SAMPLING, **kw})
+    with pytest.raises(ValueError, match="N must be an integer >= 2"):
+        run(scorer, PROMPTS, n=1)
+    with pytest.raises(ValueError, match="the prompt set is empty"):
+        run(scorer, [])
+    with pytest.raises(ValueError, match="is not the policy's"):
+        run(load_scorer(f"reward:{tiny['other_rm']}"), PROMPTS)
+    base = ["generate", "--model", str(tiny["policy"].path), "--prompt", "w1"]
+    for argv, message in [(["--best-of", "1", "--scorer", f"reward:{tiny['policy_rm']}"], "N must be >= 2"),
+                          (["--best-of", "4"], "--best-of needs --scorer"),
+                          (["--best-of", "4", "--scorer", f"reward:{tiny['other_rm']}"], "is not the policy's")]:
+        assert main([*base, *argv]) == 2
+        assert message in capsys.readouterr().err
+    report = tmp_path / "bon.json"
+    monkeypatch.undo()
+    assert main([*base, "--best-of", "2", "--scorer", f"reward:{tiny['policy_rm']}", "--max-new-tokens", "3",
+                 "--output", str(report)]) == 0
+    assert json.loads(report.read_text())["overall"]["kl_bound"] == pytest.approx(math.log(2) - 0.5)
+    assert (tmp_path / "bon.json.scores.jsonl").is_file()
