@@ -81,10 +81,10 @@ def test_bad_inputs():
 def tiny(tmp_path_factory):
     """A tiny random policy, a reward model on its vocabulary and one on another vocabulary."""
     import jax
+    from test_decoder_parity import save_tiny_decoder
 
     from jaxalign.models.decoders import load_decoder
     from jaxalign.models.reward import export_reward_model, init_score_head
-    from test_decoder_parity import save_tiny_decoder
 
     root = tmp_path_factory.mktemp("bon")
     out = {}
@@ -98,7 +98,7 @@ def tiny(tmp_path_factory):
 
 
 PROMPTS = ["w1 w2", "w3", "w4 w5 w6"]
-SAMPLING = dict(n=3, max_new_tokens=4, temperature=1.0, batch_size=8)  # two prompts per batch
+SAMPLING = {"n": 3, "max_new_tokens": 4, "temperature": 1.0, "batch_size": 8}  # two prompts per batch
 
 
 def no_generate(*args, **kwargs):

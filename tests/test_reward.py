@@ -7,6 +7,8 @@ import json
 import jax
 import numpy as np
 import pytest
+from test_decoder_parity import random_batch, save_tiny_decoder
+from torch_refs import torch, transformers  # skips the module without torch
 
 from jaxalign.cli import main
 from jaxalign.config import ConfigError, load_recipe
@@ -15,12 +17,15 @@ from jaxalign.data.preference import load_preference
 from jaxalign.inference.scorers import RewardModelScorer, load_scorer, score_rows
 from jaxalign.losses import bradley_terry_loss
 from jaxalign.models.decoders import load_decoder
-from jaxalign.models.reward import export_reward_model, init_score_head, load_reward_model, sequence_rewards
+from jaxalign.models.reward import (
+    export_reward_model,
+    init_score_head,
+    load_reward_model,
+    sequence_rewards,
+)
 from jaxalign.objectives.reward import column_rewards
 from jaxalign.tasks.preference import record_margins
 from jaxalign.training.trainer import Run, train
-from test_decoder_parity import random_batch, save_tiny_decoder
-from torch_refs import torch, transformers  # skips the module without torch
 
 
 def test_loss_is_trls():
