@@ -193,6 +193,7 @@ def cmd_generate(args) -> int:
         return 0
     from jaxalign.inference.self_samples import write_self_samples
 
+    args.num_samples = 11 if args.num_samples is None else args.num_samples
     n = write_self_samples(decoder, args.data, args.output, num_samples=args.num_samples,
                            max_examples=args.max_examples, skip_examples=args.skip_examples,
                            max_prompt_length=args.max_prompt_length, chat_template=args.chat_template,
@@ -230,9 +231,9 @@ def _best_of_n(args) -> int:
                                      max_prompt_length=args.max_prompt_length, chat_template=args.chat_template)
         prompts = [ex.prompt.tolist() for ex in tokens.examples]
     scorer = load_scorer(args.scorer, dtype=dtype)
-    check_best_of_n(policy, scorer, prompts, args.best_of)
+    check_best_of_n(policy, scorer, prompts, args.best_of, args.num_samples)
     cache = args.cache or (f"{args.output}.scores.jsonl" if args.output else None)
-    rows = run_best_of_n(policy, scorer, prompts, n=args.best_of, max_new_tokens=args.max_new_tokens,
+    rows = run_best_of_n(policy, scorer, prompts, n=args.best_of, m=args.num_samples, max_new_tokens=args.max_new_tokens,
                          temperature=1.0 if args.temperature is None else args.temperature, top_p=args.top_p,
                          top_k=args.top_k, seed=args.seed, chat=args.chat, batch_size=args.batch_size, cache=cache,
                          settings={"model": args.model, "num_layers": args.num_layers, "scorer": args.scorer,
@@ -240,7 +241,7 @@ def _best_of_n(args) -> int:
     report = summarise(rows, args.best_of)
     overall = report["overall"]
     table = Table(title=f"best-of-{args.best_of}, {args.model} scored by {scorer.name}")
-    for column in ("prompt", "best", "mean of N", "KL exact", "win vs ref"):
+    for column in ("prompt", "best of N", "mean reward", "KL exact", "win vs ref"):
         table.add_column(column, justify="right")
     for p in report["per_prompt"][:20]:
         table.add_row(str(p["index"]), f"{p['best_reward']:.4f}", f"{p['mean_reward']:.4f}", f"{p['kl_exact']:.4f}",
@@ -248,10 +249,13 @@ def _best_of_n(args) -> int:
     table.add_row("all", f"{overall['best_reward']:.4f}", f"{overall['mean_reward']:.4f}",
                   f"{overall['kl_exact']:.4f}", f"{overall['win_vs_reference']:.3f}")
     Console().print(table)
-    print(f"KL(pi_BoN || p), exact over each prompt's {args.best_of} samples: mean {overall['kl_exact']:.4f} nats; "
+    print(f"KL(pi_BoN || p), exact over each prompt's {overall['samples']:g} samples: mean {overall['kl_exact']:.4f} "
+          f"nats; "
           f"upper bound log N - (N-1)/N = {overall['kl_bound']:.4f}\n"
           f"win rate vs one reference sample: measured {overall['win_vs_reference']:.3f}, exact over the samples "
-          f"{overall['win_rate_exact']:.3f}; upper bound N/(N+1) = {overall['win_rate_bound']:.3f}")
+          f"{overall['win_rate_exact']:.3f}; upper bound N/(N+1) = {overall['win_rate_bound']:.3f}\n"
+          f"best-of-N reward: measured {overall['best_reward']:.4f}, expected over the samples "
+          f"{overall['expected_best_reward']:.4f}; mean reward of the policy {overall['mean_reward']:.4f}")
     if args.output:
         Path(args.output).write_text(json.dumps({"settings": vars(args) | {"func": None}, **report}, indent=2))
         print(f"wrote {args.output} (scores cached in {cache})")
@@ -569,7 +573,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chat", action="store_true", help="render each --prompt as a user message with the chat template")
     p.add_argument("--data", default=None, help="preference data whose prompts to sample (as `jaxalign train` reads)")
     p.add_argument("--output", default=None, help="with --data: the jsonl file to write")
-    p.add_argument("--num-samples", type=int, default=11, help="with --data: samples per prompt (D2O's K). Default: %(default)s")
+    p.add_argument("--num-samples", type=int, default=None,
+                   help="with --data: samples per prompt (D2O's K). Default: 11. With --best-of N: samples per prompt "
+                        "M >= N whose empirical distribution the exact KL is computed over (the best of the first N "
+                        "is kept). Default: N")
     p.add_argument("--max-examples", type=int, default=None, help="with --data: the first N rows (after --skip-examples)")
     p.add_argument("--skip-examples", type=int, default=0, help="with --data: pass over the first N rows. Default: 0")
     p.add_argument("--max-prompt-length", type=int, default=None, help="with --data: keep each prompt's last N tokens")

@@ -134,6 +134,11 @@ def test_best_of_n_reports_and_resumes(tiny, tmp_path, monkeypatch):
     np.testing.assert_allclose([r["rewards"] for r in again], [r["rewards"] for r in rows], atol=1e-5)
     with pytest.raises(ValueError, match="other settings"):
         sampling.run_best_of_n(tiny["policy"], scorer, PROMPTS, cache=cache, **{**SAMPLING, "n": 2})
+    # M = 5 samples estimate the base distribution; the best is of the first N = 2
+    more = sampling.run_best_of_n(tiny["policy"], scorer, PROMPTS, **{**SAMPLING, "n": 2, "m": 5})
+    p = sampling.summarise(more, 2)["per_prompt"][0]
+    assert len(more[0]["rewards"]) == 5 and p["samples"] == 5 and p["best_reward"] == max(more[0]["rewards"][:2])
+    assert p["kl_exact"] <= bon.kl_bound(2) + 1e-12
 
 
 def test_bad_input_is_refused_before_compiling(tiny, tmp_path, monkeypatch, capsys):
@@ -146,6 +151,8 @@ def test_bad_input_is_refused_before_compiling(tiny, tmp_path, monkeypatch, caps
     run = lambda scorer, prompts, **kw: sampling.run_best_of_n(tiny["policy"], scorer, prompts, **{**SAMPLING, **kw})
     with pytest.raises(ValueError, match="N must be an integer >= 2"):
         run(scorer, PROMPTS, n=1)
+    with pytest.raises(ValueError, match="must be >= N = 3"):
+        run(scorer, PROMPTS, m=2)
     with pytest.raises(ValueError, match="the prompt set is empty"):
         run(scorer, [])
     with pytest.raises(ValueError, match="is not the policy's"):
