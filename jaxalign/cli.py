@@ -206,16 +206,20 @@ def cmd_generate(args) -> int:
 
 def _best_of_n(args) -> int:
     """``generate --best-of N --scorer SPEC``: every check before the policy is compiled."""
+    import jax
     import jax.numpy as jnp
     from rich.console import Console
     from rich.table import Table
 
     from jaxalign.data.preference import load_preference
     from jaxalign.data.preference.tokens import tokenize_preference
-    from jaxalign.inference.best_of_n_sampling import check_best_of_n, run_best_of_n, summarise
+    from jaxalign.inference import best_of_n_sampling as bon
     from jaxalign.inference.scorers import SCORER_SPECS, load_scorer
     from jaxalign.models.decoders import load_decoder
 
+    if jax.process_count() > 1:
+        raise ValueError("--best-of runs in one process (it appends to one score cache); launch it without "
+                         "--num-processes")
     if not args.scorer:
         raise ValueError(f"--best-of needs --scorer: {SCORER_SPECS}")
     if args.best_of < 2:
@@ -231,14 +235,14 @@ def _best_of_n(args) -> int:
                                      max_prompt_length=args.max_prompt_length, chat_template=args.chat_template)
         prompts = [ex.prompt.tolist() for ex in tokens.examples]
     scorer = load_scorer(args.scorer, dtype=dtype)
-    check_best_of_n(policy, scorer, prompts, args.best_of, args.num_samples)
+    bon.check_best_of_n(policy, scorer, prompts, args.best_of, args.num_samples)
     cache = args.cache or (f"{args.output}.scores.jsonl" if args.output else None)
-    rows = run_best_of_n(policy, scorer, prompts, n=args.best_of, m=args.num_samples, max_new_tokens=args.max_new_tokens,
-                         temperature=1.0 if args.temperature is None else args.temperature, top_p=args.top_p,
-                         top_k=args.top_k, seed=args.seed, chat=args.chat, batch_size=args.batch_size, cache=cache,
-                         settings={"model": args.model, "num_layers": args.num_layers, "scorer": args.scorer,
-                                   "dtype": args.dtype})
-    report = summarise(rows, args.best_of)
+    rows = bon.run_best_of_n(
+        policy, scorer, prompts, n=args.best_of, m=args.num_samples, max_new_tokens=args.max_new_tokens,
+        temperature=1.0 if args.temperature is None else args.temperature, top_p=args.top_p, top_k=args.top_k,
+        seed=args.seed, chat=args.chat, batch_size=args.batch_size, cache=cache,
+        settings={"model": args.model, "num_layers": args.num_layers, "scorer": args.scorer, "dtype": args.dtype})
+    report = bon.summarise(rows, args.best_of)
     overall = report["overall"]
     table = Table(title=f"best-of-{args.best_of}, {args.model} scored by {scorer.name}")
     for column in ("prompt", "best of N", "mean reward", "KL exact", "win vs ref"):
