@@ -75,7 +75,7 @@ class PreferenceTask:
     margins: np.ndarray | None = None  # reward models: the data's per-pair margin column [num_records]
     tracked: dict = dataclasses.field(default_factory=dict)
     tracked_axes: dict = dataclasses.field(default_factory=dict)
-    evaluator: PreferenceEvaluator | None = None
+    evaluator: PreferenceEvaluator | RewardEvaluator | None = None
     eval_metric: str = "eval/rewards/accuracies"
 
     @classmethod
@@ -154,14 +154,14 @@ class PreferenceTask:
                                               max_completion_length=cfg.data.max_completion_length,
                                               chat_template=cfg.data.chat_template,
                                               long_prompts=cfg.data.long_prompts)
-            if obj.name == "reward":
+            if obj.name == "reward":  # pairwise accuracy of the rewards, no reference
                 task.evaluator = RewardEvaluator(decoder, eval_tokens, batch_size=cfg.eval.batch_size)
                 task.eval_metric = "eval/accuracy"
-                return task
-            initial = objective.reference_params(params, {**frozen, **tracked})
-            task.evaluator = PreferenceEvaluator(decoder, eval_tokens, initial, mesh=mesh, beta=obj.reward_beta,
-                                                 batch_size=cfg.eval.batch_size, buckets=cfg.data.buckets,
-                                                 chunk=obj.logps_chunk)
+            else:
+                initial = objective.reference_params(params, {**frozen, **tracked})
+                task.evaluator = PreferenceEvaluator(decoder, eval_tokens, initial, mesh=mesh, beta=obj.reward_beta,
+                                                     batch_size=cfg.eval.batch_size, buckets=cfg.data.buckets,
+                                                     chunk=obj.logps_chunk)
         return task
 
     def batch_axes(self) -> dict:
