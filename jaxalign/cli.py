@@ -70,7 +70,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--layer", type=int, default=None,
                    help="hidden layer to pool (-1 last, 0 embeddings, n after layer n). For a decoder: transformers' "
                         "hidden_states index, n the raw output of layer n, -1 the final-normed output, -2 (default) "
-                        "the raw output of the penultimate layer")
+                        "the raw output of the penultimate layer; a decoder trained by jaxalign train: the layer, "
+                        "pooling and prompt it was trained with (its embedding.json)")
     g.add_argument("--top-k", type=int, default=None, help="layers for mean_top_k / concat_top_k")
     g.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None, help="L2-normalise embeddings")
     g.add_argument("--truncate-dim", type=int, default=None, help="Matryoshka: keep the first D dimensions")
@@ -124,7 +125,7 @@ def _prompt_embedder(args, mesh):
 
     import jax.numpy as jnp
 
-    from jaxalign.inference.prompt_embed import DEFAULT_POOLING, TP_DEFAULTS, PromptEmbedder
+    from jaxalign.inference.prompt_embed import DEFAULT_POOLING, TP_DEFAULTS, PromptEmbedder, saved_embedding
     from jaxalign.models.decoders import load_decoder
 
     if (args.tp_start is not None or args.tp_exit is not None) and not args.token_prepending:
@@ -133,14 +134,16 @@ def _prompt_embedder(args, mesh):
         raise ValueError("--top-k is for encoders' mean_top_k / concat_top_k; a decoder pools last or mean")
     decoder = load_decoder(args.model, mesh=mesh, dtype=jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32,
                            num_layers=args.num_layers)
-    overrides = {k: v for k, v in (("mode", args.pooling), ("layer", args.layer), ("normalize", args.normalize),
-                                   ("truncate_dim", args.truncate_dim)) if v is not None}
+    saved = saved_embedding(args.model)  # a decoder trained by `jaxalign train`: embed as it was trained
+    overrides = {k: v for k, v in (("mode", args.pooling or saved.get("pooling")),
+                                   ("layer", args.layer if args.layer is not None else saved.get("layer")),
+                                   ("normalize", args.normalize), ("truncate_dim", args.truncate_dim)) if v is not None}
     pooling = dataclasses.replace(DEFAULT_POOLING, **overrides)
     tp = None
     if args.token_prepending:
         start, exit_ = TP_DEFAULTS.get(decoder.config.model_type, TP_DEFAULTS["llama"])
         tp = (start if args.tp_start is None else args.tp_start, exit_ if args.tp_exit is None else args.tp_exit)
-    return PromptEmbedder(decoder, args.prompt or "prompteol", pooling, token_prepending=tp,
+    return PromptEmbedder(decoder, args.prompt or saved.get("prompt") or "prompteol", pooling, token_prepending=tp,
                           batch_size=args.batch_size, max_length=args.max_length, mesh=mesh)
 
 
@@ -440,6 +443,70 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def cmd_select(args) -> int:
+    import jax.numpy as jnp
+
+    from jaxalign.models import load_encoder
+    from jaxalign.models.decoders import is_decoder, load_decoder
+    from jaxalign.selection.deita import DeitaScorer
+    from jaxalign.selection.select import check_options, conversation_embedder, read_rows, select, write_selection
+
+    check_options(args.method, args.fraction, args.tau, args.prefer)
+    rows = read_rows(args.data, args.kind, args.max_examples)
+    dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
+    scorer = embed = None
+    if args.method == "deita":
+        if not is_decoder(args.scorer):
+            raise ValueError(f"--scorer {args.scorer}: Deita scores with a causal LM; give a decoder (e.g. "
+                             "SmolLM2-135M-Instruct, or hkust-nlp/deita-complexity-scorer downloaded)")
+        scorer = DeitaScorer(load_decoder(args.scorer, dtype=dtype), batch_size=args.batch_size,
+                             max_length=args.max_length)
+        if scorer.ids is None:
+            print(f"note: the tokenizer of {args.scorer} has no single-token digits 1-6: every score is 3.0 "
+                  "(Deita's fallback)")
+    if args.method in ("deita", "entropy"):
+        name = args.embedder or args.scorer
+        model = load_decoder(name, dtype=dtype) if is_decoder(name) else load_encoder(name, dtype=dtype)
+        embed = conversation_embedder(model, batch_size=args.batch_size, max_length=args.max_length)
+    chosen = select([r for _, r in rows], method=args.method, fraction=args.fraction, scorer=scorer, embed=embed,
+                    tau=args.tau, prefer=args.prefer, seed=args.seed, cache=args.output)
+    write_selection(args.output, [row for row, _ in rows], chosen)
+    print(f"selected {len(chosen.rows)} of {chosen.num_rows} rows ({args.method}) -> {args.output}")
+    return 0
+
+
+def cmd_restore(args) -> int:
+    import json
+
+    import jax.numpy as jnp
+
+    from jaxalign.data.corpora import read_sentences
+    from jaxalign.data.preference import load_preference
+    from jaxalign.models.decoders import load_decoder
+    from jaxalign.restore.procedure import RestoreConfig, check_same_shapes, likelihood_score, restore
+    from jaxalign.sharding import MeshConfig, make_mesh
+
+    cfg = RestoreConfig(steps=args.steps, warmup_steps=args.warmup_steps, save_every=args.save_every,
+                        recovery_rate=args.recovery_rate, rollback_rate=args.rollback_rate,
+                        metric_drop=args.metric_drop, layer_end=args.layer_end, batch_size=args.batch_size,
+                        max_length=args.max_length)
+    harmful = [s for (s,) in read_sentences(args.harmful)]
+    benign = [s for (s,) in read_sentences(args.benign)]
+    dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
+    aligned, finetuned = (load_decoder(m, dtype=dtype) for m in (args.aligned, args.finetuned))
+    check_same_shapes(aligned, finetuned)
+    score = None
+    if args.task_data:
+        records = load_preference(args.task_data, "sft", args.task_examples)
+        score = likelihood_score(finetuned, records, mesh=make_mesh(MeshConfig.parse("1,1,1")),
+                                 max_length=args.max_length * 2)
+    result = restore(aligned, finetuned, harmful, benign, cfg=cfg, task_score=score, output=args.output)
+    report = {k: v for k, v in result.items() if k != "params"}
+    Path(args.output, "restore.json").write_text(json.dumps(report, indent=2))
+    print(f"delivered step {result['delivered']} -> {Path(args.output) / 'restored'} (report: restore.json)")
+    return 0
+
+
 MERGE_METHODS = ("average", "slerp", "ties", "self-positioning")
 
 
@@ -461,7 +528,6 @@ def _check_merge_args(args) -> None:
 def cmd_merge(args) -> int:
     import jax
     import jax.numpy as jnp
-    import numpy as np
 
     from jaxalign.models import merge
     from jaxalign.models.merge_checkpoints import check_compatible, read_tensors, write_merged
@@ -475,7 +541,7 @@ def cmd_merge(args) -> int:
         search = _self_positioning(args, base_dir, model_dirs)
 
     base = read_tensors(base_dir)
-    floating = sorted(k for k, v in base.items() if np.issubdtype(v.dtype, np.floating))
+    floating = sorted(k for k, v in base.items() if jnp.issubdtype(v.dtype, jnp.floating))  # bfloat16 too
     if search is not None:  # the angle the search saw: over the tensors the encoder loads (no MLM heads)
         from fnmatch import fnmatch
 
@@ -760,6 +826,77 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight of the norm penalty mu * lambda (the paper: best below 0.05). Default: %(default)s")
     g.add_argument("--temperature", type=float, default=0.05, help="InfoNCE temperature. Default: %(default)s")
     p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser(
+        "select", help="score SFT or preference data and write a selected subset (Deita, entropy, random)",
+        description="Score every row of --data and write the chosen subset to --output as jsonl (each row as read, "
+                    "with a 'selection' field of its scores and rank). deita (Liu et al. 2024): each turn's "
+                    "complexity and quality from --scorer (the expected digit 1-6 after Deita's prompts), the row's "
+                    "sum of complexity x quality, rows taken by descending score unless their embedding's cosine "
+                    "similarity to one already taken exceeds --tau. entropy: the leave-one-out change of a 2-component "
+                    "Gaussian mixture's entropy estimate (our reconstruction of Khera et al. 2024). random: a seeded "
+                    "sample. Scores and embeddings are cached beside --output as they are computed, so a stopped "
+                    "run resumes.")
+    p.add_argument("--data", required=True, help="the rows: a file, directory, hf:NAME[:SPLIT] or builtin:prefs-mini")
+    p.add_argument("--kind", choices=("preference", "sft"), default="preference",
+                   help="how rows are read (as `train` reads data.kind); the chosen or sft completion is the response "
+                        "scored. Default: %(default)s")
+    p.add_argument("--output", required=True, help="the jsonl file of selected rows")
+    p.add_argument("--method", default="deita", help="deita | entropy | random. Default: %(default)s")
+    p.add_argument("--fraction", type=float, default=0.25, help="share of rows to keep, in (0, 1]. Default: %(default)s")
+    p.add_argument("--scorer", default="SmolLM2-135M-Instruct",
+                   help="deita: the decoder that scores (the released scorers are hkust-nlp/deita-complexity-scorer "
+                        "and -quality-scorer; any decoder works). Default: %(default)s")
+    p.add_argument("--embedder", default=None,
+                   help="deita / entropy: the model that embeds each conversation, a decoder (last token's final "
+                        "state) or an encoder (its pooling). Default: --scorer")
+    p.add_argument("--tau", type=float, default=0.9, help="deita: cosine-similarity threshold in (0, 1). Default: %(default)s")
+    p.add_argument("--prefer", default="typical",
+                   help="entropy: keep the rows whose removal changes the entropy estimate least (typical: the densest) "
+                        "or most (atypical). "
+                        "Default: %(default)s")
+    p.add_argument("--max-examples", type=int, default=None, help="read only the first N rows")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per compiled batch. Default: %(default)s")
+    p.add_argument("--max-length", type=int, default=2048, help="tokens per scoring prompt. Default: %(default)s")
+    p.add_argument("--dtype", choices=DTYPES, default="float32", help="compute dtype. Default: %(default)s")
+    p.add_argument("--seed", type=int, default=0, help="random / entropy: the seed. Default: %(default)s")
+    p.set_defaults(func=cmd_select)
+
+    p = sub.add_parser(
+        "restore", help="restore the alignment a fine-tune lost, keeping the task score",
+        description="Yang et al., IEEE S&P 2025: for --steps steps, copy back to --aligned's values the weights of "
+                    "--finetuned (0.1-0.2%% of the decoder layers' parameters a step) whose gradient of "
+                    "-cos(mean last-token state of the --harmful prompts at layer --layer-end, the aligned model's) "
+                    "points toward the aligned value. With --task-data: if after --warmup-steps the task score falls "
+                    "below (1 - --metric-drop) x the fine-tuned model's, restart with rollback (each step returns "
+                    "--rollback-rate of its restored weights, chosen by the --benign prompts' direction); the "
+                    "delivered model is the last checkpoint (every --save-every steps) above that line. Writes "
+                    "--output/step_N, --output/restored and --output/restore.json (harmful-representation distance "
+                    "and task score per checkpoint).")
+    p.add_argument("--aligned", required=True, help="the aligned model (e.g. a chat model)")
+    p.add_argument("--finetuned", required=True, help="a model fine-tuned from --aligned (same shapes)")
+    p.add_argument("--harmful", default="builtin:harmful-mini",
+                   help="prompts the aligned model refuses, one a line. Default: %(default)s")
+    p.add_argument("--benign", default="builtin:benign-mini",
+                   help="the fine-tune's task prompts, one a line. Default: %(default)s")
+    p.add_argument("--task-data", default=None,
+                   help="task (prompt, completion) data as data.kind=sft reads it; the task score is exp(mean "
+                        "log-prob per completion token). Without it: no rollback, the last step delivered")
+    p.add_argument("--task-examples", type=int, default=64, help="task rows scored. Default: %(default)s")
+    p.add_argument("--output", required=True, help="directory for the checkpoints and the report")
+    p.add_argument("--steps", type=int, default=20, help="Default: %(default)s")
+    p.add_argument("--warmup-steps", type=int, default=5, help="Default: %(default)s")
+    p.add_argument("--save-every", type=int, default=5, help="Default: %(default)s")
+    p.add_argument("--recovery-rate", type=float, default=0.002,
+                   help="share of the decoder layers' parameters restored per step. Default: %(default)s")
+    p.add_argument("--rollback-rate", type=float, default=0.2, help="Default: %(default)s")
+    p.add_argument("--metric-drop", type=float, default=0.05, help="tolerated relative task-score fall. Default: %(default)s")
+    p.add_argument("--layer-end", type=int, default=None,
+                   help="the layer whose output represents a prompt. Default: floor(4 L / 6)")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per gradient batch. Default: %(default)s")
+    p.add_argument("--max-length", type=int, default=256, help="tokens per prompt. Default: %(default)s")
+    p.add_argument("--dtype", choices=DTYPES, default="float32", help="compute dtype. Default: %(default)s")
+    p.set_defaults(func=cmd_restore)
 
     p = sub.add_parser(
         "plot", help="draw runs' training curves, or benchmark results, as an image",

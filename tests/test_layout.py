@@ -3,7 +3,7 @@
 Layers, lowest first (a module imports only its own layer and those below):
   0 configuration and building blocks: config, sharding, weights, losses, ops, models, data,
     inference, distributed, benchmarking
-  1 objectives and evaluators: objectives, eval
+  1 objectives, evaluators, data selection, restoration: objectives, eval, selection, restore
   2 tasks (what a run trains)
   3 training (the engine)
   4 what users call: the command line, the Python API (jaxalign/__init__), pictures (viz)
@@ -15,7 +15,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "jaxalign"
 LAYERS = {"config": 0, "sharding": 0, "weights": 0, "losses": 0, "ops": 0, "models": 0, "data": 0, "inference": 0,
-          "distributed": 0, "benchmarking": 0, "objectives": 1, "eval": 1, "tasks": 2, "training": 3, "cli": 4,
+          "distributed": 0, "benchmarking": 0, "objectives": 1, "eval": 1, "selection": 1, "restore": 1, "tasks": 2, "training": 3, "cli": 4,
           "viz": 4, "": 4}
 ENTRY_POINTS = {"jaxalign", "jaxalign.cli"}  # may import inside functions: a fast start-up of `jaxalign --help`
 

@@ -226,6 +226,50 @@ class DSE(ContrastiveConfig):
         _check(0 <= self.alpha <= 1, f"objective.alpha={self.alpha}: must be in [0, 1]")
 
 
+@dataclasses.dataclass(frozen=True)
+class DefSent(ObjectiveBase):
+    """DefSent+ (Liu 2024, arXiv 2405.16153; github.com/ryuliuxiaodong/DefSent-Plus): each
+    definition sentence classified among all dictionary entries by a frozen, bias-free head
+    whose rows are the entries' embeddings from the encoder (cross-entropy, no temperature),
+    optionally over several rounds of progressive training (``rounds``).
+
+    Attributes:
+      entry_pooling: an entry's embedding from all its definitions: ac: the mean raw [CLS]
+        state; amp: the mean of their masked token means.
+      sentence_pooling: what the head reads of a definition, through the checkpoint's pooler
+        (dense + tanh): cls: the [CLS] state (BERT's pooler output); mean: the masked token
+        mean; null: cls with entry_pooling=ac, mean with amp (a pairing of jaxalign's: the
+        official code sets the two apart).
+      isotropic: FastICA over the standardised entry embeddings (unit-variance sources, x100),
+        the official code's ICA transform; needs at least as many entries as embedding channels.
+      rounds: progressive training: each round retrains model.name with entry embeddings from
+        the previous round's trained encoder (the official readme goes up to 3).
+      entry_model: the encoder that computes the first round's entry embeddings (cut to model.num_layers
+        too); null: model.name.
+      chunk: entries per softmax chunk: [batch, chunk] logits at a time (a multiple of the
+        mesh's fsdp x tensor size, which the entry matrix is split over).
+    """
+
+    name: Literal["defsent"] = "defsent"
+    family: ClassVar[str] = "contrastive"
+    data_kinds: ClassVar[tuple[str, ...]] = ("definitions",)
+    entry_pooling: Literal["ac", "amp"] = "ac"
+    sentence_pooling: Literal["cls", "mean"] | None = None
+    isotropic: bool = False
+    rounds: int = 1
+    entry_model: str | None = None
+    chunk: int = 4096
+
+    def __post_init__(self):
+        _check(self.rounds >= 1, f"objective.rounds={self.rounds}: must be >= 1")
+        _check(self.chunk >= 1, f"objective.chunk={self.chunk}: must be >= 1")
+
+    @property
+    def classifier_pooling(self) -> str:
+        """``sentence_pooling``, resolved."""
+        return self.sentence_pooling or {"ac": "cls", "amp": "mean"}[self.entry_pooling]
+
+
 # ---------------------------------------------------------------------------------------- preference
 
 
@@ -576,11 +620,11 @@ class Reward(PreferenceConfig):
 
 OBJECTIVES: dict[str, type[ObjectiveBase]] = {
     cls.__dataclass_fields__["name"].default: cls
-    for cls in (SimCSE, WhitenedCSE, CoSENT, AnglE, Matryoshka, TwoDMSE, DSE,
+    for cls in (SimCSE, WhitenedCSE, CoSENT, AnglE, Matryoshka, TwoDMSE, DSE, DefSent,
                 DPO, SimPO, CPO, ORPO, KTO, ASFT, D2O, PoFT, DCKD, ADPA, Reward)
 }
 CONTRASTIVE_OBJECTIVES = tuple(n for n, c in OBJECTIVES.items() if c.family == "contrastive")
 PREFERENCE_OBJECTIVES = tuple(n for n, c in OBJECTIVES.items() if c.family == "preference")
 
-ObjectiveConfig = (SimCSE | WhitenedCSE | CoSENT | AnglE | Matryoshka | TwoDMSE | DSE
+ObjectiveConfig = (SimCSE | WhitenedCSE | CoSENT | AnglE | Matryoshka | TwoDMSE | DSE | DefSent
                    | DPO | SimPO | CPO | ORPO | KTO | ASFT | D2O | PoFT | DCKD | ADPA | Reward)

@@ -17,6 +17,7 @@ from jaxalign.config.objectives import (
     ORPO,
     AnglE,
     CoSENT,
+    DefSent,
     Matryoshka,
     ObjectiveConfig,
     PoFT,
@@ -29,4 +30,4 @@ from jaxalign.config.objectives import (
 )
 
 __all__ = ["ADPA", "ASFT", "CPO", "D2O", "DCKD", "DPO", "DSE", "KTO", "OBJECTIVES", "ORPO", "AnglE", "CoSENT",
-           "Matryoshka", "ObjectiveConfig", "PoFT", "Reward", "SimCSE", "SimPO", "TwoDMSE", "WhitenedCSE", "WhiteningConfig"]
+           "DefSent", "Matryoshka", "ObjectiveConfig", "PoFT", "Reward", "SimCSE", "SimPO", "TwoDMSE", "WhitenedCSE", "WhiteningConfig"]

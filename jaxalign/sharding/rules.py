@@ -32,6 +32,7 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("norm", None),
     ("positions", None),
     ("token_types", None),
+    ("entries", ("fsdp", "tensor")),  # DefSent+'s frozen entry matrix: rows split over every parameter-sharding axis
     # activations
     ("batch", ("data", "fsdp")),
     ("length", None),

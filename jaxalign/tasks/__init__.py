@@ -3,10 +3,12 @@
 A *task* bundles everything that differs between kinds of training -- which model(s) to
 load, how examples become batches, the loss, what to evaluate and how to export -- behind
 one small interface, so that :mod:`jaxalign.training.trainer` (loop, shardings, optimiser,
-checkpoints, logging) is written once. Two tasks exist:
+checkpoints, logging) is written once. Three tasks exist:
 
 * :class:`jaxalign.tasks.contrastive.ContrastiveTask`: sentence encoders (SimCSE,
   WhitenedCSE, 2DMSE, CoSENT, AnglE, DSE, ...);
+* :class:`jaxalign.tasks.definition.DefinitionTask`: sentence encoders classifying dictionary
+  definitions among their entries (DefSent+);
 * :class:`jaxalign.tasks.preference.PreferenceTask`: causal LMs on preference data (the DPO
   family, SimPO, ORPO, KTO, ...).
 """
@@ -23,6 +25,7 @@ from jaxalign.config.run import TrainConfig
 from jaxalign.data.pipeline import Pipeline
 from jaxalign.data.stream import BatchStream
 from jaxalign.tasks.contrastive import ContrastiveTask
+from jaxalign.tasks.definition import DefinitionTask
 from jaxalign.tasks.preference import PreferenceTask
 
 LogicalAxes = tuple[str | None, ...]
@@ -69,4 +72,6 @@ def build_task(cfg: TrainConfig, mesh: Mesh) -> Task:
     """The task that ``cfg.objective`` trains, loaded onto ``mesh``."""
     if cfg.objective.family == "preference":
         return PreferenceTask.build(cfg, mesh)
+    if cfg.objective.name == "defsent":
+        return DefinitionTask.build(cfg, mesh)
     return ContrastiveTask.build(cfg, mesh)

@@ -31,6 +31,7 @@ from jaxalign.training.metrics import MetricsWriter
 from jaxalign.training.optim import build_optimizer
 from jaxalign.training.preemption import StopRequests
 from jaxalign.training.preflight import check_run_dirs
+from jaxalign.training.progressive import train_rounds
 from jaxalign.training.step import TrainState, jit_step, make_step
 
 log = logging.getLogger(__name__)
@@ -143,8 +144,17 @@ def train(cfg: TrainConfig, *, progress: bool = True, stop_at: int | None = None
     """Runs training; returns a summary (losses, eval scores, steps, throughput, final state).
 
     ``stop_at`` ends this invocation after that step (with a checkpoint), as a preempted or
-    time-sliced job would; running again with the same config resumes from there.
+    time-sliced job would; running again with the same config resumes from there. An objective
+    with progressive rounds (``objective.rounds`` > 1) runs every round
+    (:func:`jaxalign.training.progressive.train_rounds`; ``stop_at`` applies to each).
     """
+    if getattr(cfg.objective, "rounds", 1) > 1:
+        return train_rounds(cfg, train_once, progress=progress, stop_at=stop_at)
+    return train_once(cfg, progress=progress, stop_at=stop_at)
+
+
+def train_once(cfg: TrainConfig, *, progress: bool = True, stop_at: int | None = None) -> dict:
+    """One run of ``cfg``, as :func:`train` describes (a single round)."""
     end = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
     distributed.initialize()
     check_same_config(cfg)

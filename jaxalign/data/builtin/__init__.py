@@ -8,7 +8,9 @@ from pathlib import Path
 from jaxalign.data.errors import DataFormatError
 
 FILES = {"builtin:prefs-mini": "prefs_mini.jsonl", "builtin:sentences-mini": "sentences_mini.txt",
-         "builtin:sts-mini": "sts_mini.tsv", "builtin:nli-mini": "nli_mini.tsv"}
+         "builtin:sts-mini": "sts_mini.tsv", "builtin:nli-mini": "nli_mini.tsv",
+         "builtin:harmful-mini": "harmful_mini.txt", "builtin:benign-mini": "benign_mini.txt",
+         "builtin:defs-mini": "defs_mini.defs.tsv"}
 
 
 def path(spec: str, what: str = "data set", suffixes: tuple[str, ...] = ("",)) -> Path:

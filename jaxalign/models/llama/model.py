@@ -266,6 +266,7 @@ class LlamaForCausalLM(nnx.Module):
         cache: KVCache | None = None,
         output_layer: int | None = None,
         prepend: TokenPrepending | None = None,
+        inputs_embeds: jax.Array | None = None,
     ) -> tuple[jax.Array, KVCache | None]:
         """Final-normed hidden states [B, T, H] (and the updated cache).
 
@@ -278,7 +279,8 @@ class LlamaForCausalLM(nnx.Module):
         only the first n layers; n = L is the final-normed output. ``prepend``: Token
         Prepending (whole batches only); a layer's input is replaced before the layer runs, and
         the output at ``output_layer`` n carries layer n's replacement, as the reference's
-        in-place write does.
+        in-place write does. ``inputs_embeds`` [B, T, H] replaces the embedding lookup of
+        ``input_ids`` (as in ``transformers``), e.g. to apply dropout to it.
         """
         b, t = input_ids.shape
         depth = len(self.layers)
@@ -290,7 +292,10 @@ class LlamaForCausalLM(nnx.Module):
             positions = position_ids(attention_mask)
         if cache is not None and (prepend is not None or output_layer is not None):
             raise ValueError("output_layer and token prepending run on whole batches, not with a key/value cache")
-        x = self.embed(input_ids) if prepend is None else prepend.embed(self.embed, input_ids)
+        if inputs_embeds is not None:
+            x = inputs_embeds.astype(self.dtype or inputs_embeds.dtype)
+        else:
+            x = self.embed(input_ids) if prepend is None else prepend.embed(self.embed, input_ids)
         x = constrain(x, ACTIVATION_AXES)
         last = None if prepend is None else last_index(attention_mask)
         cos, sin = self.rope(positions)
