@@ -59,9 +59,12 @@ _EXPORTS = {
     # models and inference
     "load_encoder": "jaxalign.models.registry", "load_decoder": "jaxalign.models.decoders",
     "Embedder": "jaxalign.inference.embed", "generate": "jaxalign.inference.generate",
+    "load_reward_model": "jaxalign.models.reward", "load_scorer": "jaxalign.inference.scorers",
+    "run_best_of_n": "jaxalign.inference.best_of_n_sampling",
     # evaluation
     "load_sts": "jaxalign.data.sts", "evaluate_sts": "jaxalign.eval.sts",
     "evaluate_preference": "jaxalign.eval.preference",
+    "evaluate_scorer": "jaxalign.eval.reward",
     # pictures
     "plot_runs": "jaxalign.viz", "plot_benchmarks": "jaxalign.viz",
 }

@@ -1,5 +1,5 @@
 """The ``jaxalign`` command line: ``embed``, ``generate``, ``train``, ``eval sts``, ``eval mteb``,
-``eval preference``, ``merge`` and ``plot``.
+``eval preference``, ``eval reward``, ``merge`` and ``plot``.
 
 Every subcommand validates its inputs (model, data, mesh, shapes) before compiling anything
 and reports bad input as one line naming the file/field and the fix, without a traceback.
@@ -176,6 +176,8 @@ def cmd_generate(args) -> int:
 
     if bool(args.prompt) == bool(args.data):
         raise ValueError("give either --prompt (one or more, printed) or --data with --output (D2O samples), not both")
+    if args.best_of is not None:
+        return _best_of_n(args)
     if args.data and not args.output:
         raise ValueError("--data needs --output: the jsonl file of {prompt, rejected, samples} records to write")
     decoder = load_decoder(args.model, dtype=jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32,
@@ -194,6 +196,7 @@ def cmd_generate(args) -> int:
         return 0
     from jaxalign.inference.self_samples import write_self_samples
 
+    args.num_samples = 11 if args.num_samples is None else args.num_samples
     n = write_self_samples(decoder, args.data, args.output, num_samples=args.num_samples,
                            max_examples=args.max_examples, skip_examples=args.skip_examples,
                            max_prompt_length=args.max_prompt_length, chat_template=args.chat_template,
@@ -201,6 +204,68 @@ def cmd_generate(args) -> int:
     if not _main_process():
         return 0
     print(f"wrote {n} records with {args.num_samples} samples each -> {args.output}")
+    return 0
+
+
+def _best_of_n(args) -> int:
+    """``generate --best-of N --scorer SPEC``: every check before the policy is compiled."""
+    import jax
+    import jax.numpy as jnp
+    from rich.console import Console
+    from rich.table import Table
+
+    from jaxalign.data.preference import load_preference
+    from jaxalign.data.preference.tokens import tokenize_preference
+    from jaxalign.inference import best_of_n_sampling as bon
+    from jaxalign.inference.scorers import SCORER_SPECS, load_scorer
+    from jaxalign.models.decoders import load_decoder
+
+    if jax.process_count() > 1:
+        raise ValueError("--best-of runs in one process (it appends to one score cache); launch it without "
+                         "--num-processes")
+    if not args.scorer:
+        raise ValueError(f"--best-of needs --scorer: {SCORER_SPECS}")
+    if args.best_of < 2:
+        raise ValueError(f"--best-of {args.best_of}: N must be >= 2 (N = 1 is plain sampling)")
+    if args.data and not args.output:
+        raise ValueError("--best-of with --data needs --output: the JSON report to write (scores are cached beside it)")
+    dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
+    policy = load_decoder(args.model, dtype=dtype, num_layers=args.num_layers)
+    prompts = args.prompt
+    if args.data:
+        records = load_preference(args.data, "negatives", args.max_examples, args.skip_examples)
+        tokens = tokenize_preference(policy.tokenizer, records, max_length=policy.max_length, num_samples=0,
+                                     max_prompt_length=args.max_prompt_length, chat_template=args.chat_template)
+        prompts = [ex.prompt.tolist() for ex in tokens.examples]
+    scorer = load_scorer(args.scorer, dtype=dtype)
+    bon.check_best_of_n(policy, scorer, prompts, args.best_of, args.num_samples)
+    cache = args.cache or (f"{args.output}.scores.jsonl" if args.output else None)
+    rows = bon.run_best_of_n(
+        policy, scorer, prompts, n=args.best_of, m=args.num_samples, max_new_tokens=args.max_new_tokens,
+        temperature=1.0 if args.temperature is None else args.temperature, top_p=args.top_p, top_k=args.top_k,
+        seed=args.seed, chat=args.chat, batch_size=args.batch_size, cache=cache,
+        settings={"model": args.model, "num_layers": args.num_layers, "scorer": args.scorer, "dtype": args.dtype})
+    report = bon.summarise(rows, args.best_of)
+    overall = report["overall"]
+    table = Table(title=f"best-of-{args.best_of}, {args.model} scored by {scorer.name}")
+    for column in ("prompt", "best of N", "mean reward", "KL exact", "win vs ref"):
+        table.add_column(column, justify="right")
+    for p in report["per_prompt"][:20]:
+        table.add_row(str(p["index"]), f"{p['best_reward']:.4f}", f"{p['mean_reward']:.4f}", f"{p['kl_exact']:.4f}",
+                      f"{p['win_vs_reference']:g}")
+    table.add_row("all", f"{overall['best_reward']:.4f}", f"{overall['mean_reward']:.4f}",
+                  f"{overall['kl_exact']:.4f}", f"{overall['win_vs_reference']:.3f}")
+    Console().print(table)
+    print(f"KL(pi_BoN || p), exact over each prompt's {overall['samples']:g} samples: mean {overall['kl_exact']:.4f} "
+          f"nats; "
+          f"upper bound log N - (N-1)/N = {overall['kl_bound']:.4f}\n"
+          f"win rate vs one reference sample: measured {overall['win_vs_reference']:.3f}, exact over the samples "
+          f"{overall['win_rate_exact']:.3f}; upper bound N/(N+1) = {overall['win_rate_bound']:.3f}\n"
+          f"best-of-N reward: measured {overall['best_reward']:.4f}, expected over the samples "
+          f"{overall['expected_best_reward']:.4f}; mean reward of the policy {overall['mean_reward']:.4f}")
+    if args.output:
+        Path(args.output).write_text(json.dumps({"settings": vars(args) | {"func": None}, **report}, indent=2))
+        print(f"wrote {args.output} (scores cached in {cache})")
     return 0
 
 
@@ -280,6 +345,39 @@ def cmd_eval_preference(args) -> int:
     if args.json:
         write_json(args.json, summary, {k: getattr(args, k) for k in ("model", "data", "ref", "beta", "max_length",
                                                                        "max_prompt_length", "num_layers", "dtype")})
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _scorer(args):
+    """The scorer of ``--model DIR`` (a reward model) or ``--scorer SPEC``, exactly one of them."""
+    import jax.numpy as jnp
+
+    from jaxalign.inference.scorers import SCORER_SPECS, load_scorer
+
+    if bool(args.model) == bool(args.scorer):
+        raise ValueError(f"give --model DIR (a reward model) or --scorer SPEC ({SCORER_SPECS}), one of the two")
+    return load_scorer(args.scorer or f"reward:{args.model}", num_layers=args.num_layers,
+                       dtype=jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32)
+
+
+def cmd_eval_reward(args) -> int:
+    from rich.console import Console
+
+    from jaxalign.eval.preference import render_table, write_json
+    from jaxalign.eval.reward import evaluate_scorer
+
+    scorer = _scorer(args)
+    summary = evaluate_scorer(scorer, args.data, max_examples=args.max_examples, skip_examples=args.skip_examples,
+                              max_length=args.max_length, max_prompt_length=args.max_prompt_length,
+                              max_completion_length=args.max_completion_length, chat_template=args.chat_template,
+                              batch_size=args.batch_size)
+    if not _main_process():
+        return 0
+    Console().print(render_table(summary, title=f"Pairwise, {scorer.name} on {args.data}"))
+    if args.json:
+        write_json(args.json, summary, {"scorer": scorer.name, "data": args.data, "max_length": args.max_length,
+                                        "skip_examples": args.skip_examples})
         print(f"wrote {args.json}")
     return 0
 
@@ -547,7 +645,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chat", action="store_true", help="render each --prompt as a user message with the chat template")
     p.add_argument("--data", default=None, help="preference data whose prompts to sample (as `jaxalign train` reads)")
     p.add_argument("--output", default=None, help="with --data: the jsonl file to write")
-    p.add_argument("--num-samples", type=int, default=11, help="with --data: samples per prompt (D2O's K). Default: %(default)s")
+    p.add_argument("--num-samples", type=int, default=None,
+                   help="with --data: samples per prompt (D2O's K). Default: 11. With --best-of N: samples per prompt "
+                        "M >= N whose empirical distribution the exact KL is computed over (the best of the first N "
+                        "is kept). Default: N")
     p.add_argument("--max-examples", type=int, default=None, help="with --data: the first N rows (after --skip-examples)")
     p.add_argument("--skip-examples", type=int, default=0, help="with --data: pass over the first N rows. Default: 0")
     p.add_argument("--max-prompt-length", type=int, default=None, help="with --data: keep each prompt's last N tokens")
@@ -562,6 +663,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="sampling seed. Default: %(default)s")
     p.add_argument("--num-layers", type=int, default=None, help="keep only the first N layers (quick checks)")
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="compute dtype. Default: %(default)s")
+    g = p.add_argument_group("best-of-N (Stiennon et al. 2020; KL measured as Beirami et al. 2024)")
+    g.add_argument("--best-of", type=int, default=None, metavar="N",
+                   help="sample N completions per prompt (plus one reference sample), keep the best by --scorer, "
+                        "and report best vs mean reward, the exact KL of best-of-N over the samples beside the bound "
+                        "log N - (N-1)/N, and the win rate against the reference sample")
+    g.add_argument("--scorer", default=None, metavar="SPEC", help="reward:DIR or dpo:POLICY,REF,BETA")
+    g.add_argument("--cache", default=None,
+                   help="JSONL file of the scores as computed; a rerun resumes from it. Default: OUTPUT.scores.jsonl")
     _add_launch_args(p)
     p.set_defaults(func=cmd_generate)
 
@@ -658,6 +767,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     _add_launch_args(p)
     p.set_defaults(func=cmd_eval_preference)
+
+    p = ev_sub.add_parser(
+        "reward", help="pairwise accuracy and mean margin of a reward model (or DPO's implicit reward)",
+        description="Scores the chosen and the rejected completion of each preference pair with a reward model "
+                    "(--model, a LlamaForSequenceClassification checkpoint such as objective.name=reward exports) "
+                    "or any scorer (--scorer reward:DIR or dpo:POLICY,REF,BETA) and reports the share of pairs "
+                    "scored chosen > rejected and the mean margin r(chosen) - r(rejected).",
+    )
+    p.add_argument("--model", default=None, help="a reward model checkpoint directory")
+    p.add_argument("--scorer", default=None, metavar="SPEC", help="reward:DIR or dpo:POLICY,REF,BETA")
+    p.add_argument("--data", default="builtin:prefs-mini", help="held-out preference pairs. Default: %(default)s")
+    p.add_argument("--max-examples", type=int, default=None, help="score the first N pairs (default: all)")
+    p.add_argument("--skip-examples", type=int, default=0, help="pass over the first N pairs. Default: 0")
+    p.add_argument("--max-length", type=int, default=1024, help="prompt + completion tokens. Default: %(default)s")
+    p.add_argument("--max-prompt-length", type=int, default=None, help="keep the prompt's last N tokens")
+    p.add_argument("--max-completion-length", type=int, default=None, help="keep each completion's first N tokens")
+    p.add_argument("--chat-template", default=None, help="as data.chat_template ('auto': every record as a chat)")
+    p.add_argument("--batch-size", type=int, default=16, help="sequences per compiled batch. Default: %(default)s")
+    p.add_argument("--num-layers", type=int, default=None, help="keep only the first N layers (quick checks)")
+    p.add_argument("--dtype", choices=DTYPES, default="float32", help="compute dtype. Default: %(default)s")
+    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    _add_launch_args(p)
+    p.set_defaults(func=cmd_eval_reward)
 
     p = sub.add_parser(
         "merge", help="merge fine-tuned checkpoints of one base model into one checkpoint",

@@ -713,7 +713,8 @@ def test_registry_covers_every_loss():
     assert set(DPO_LOSS_TYPES) == {"sigmoid", "robust", "hinge", "ipo", "exo_pair", "nca_pair", "bco_pair",
                                    "sppo_hard", "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft",
                                    "sigmoid_norm"}
-    assert set(LOSSES) == set(DPO_LOSS_TYPES) | {"simpo", "cpo", "orpo", "kto", "asft", "poft", "d2o", "dckd", "adpa"}
+    assert set(LOSSES) == set(DPO_LOSS_TYPES) | {"simpo", "cpo", "orpo", "kto", "asft", "poft", "d2o", "dckd", "adpa",
+                                                 "reward"}
     assert {n for n, s in LOSSES.items() if s.f_divergence} == F_DIV_LOSSES
     assert {n for n in DPO_LOSS_TYPES if LOSSES[n].needs_lengths} == {"ipo", "sigmoid_norm", "sft"}
     assert {n for n, s in LOSSES.items() if s.needs_reference} == set(DPO_LOSS_TYPES) - {"sft"} | {"kto", "d2o"}

@@ -597,13 +597,34 @@ class ADPA(PreferenceConfig):
                                                "policy's vocabulary")
 
 
+@dataclasses.dataclass(frozen=True)
+class Reward(PreferenceConfig):
+    """A reward model (Ouyang et al. 2022; TRL's ``RewardTrainer``): the decoder with a linear
+    scalar head on the last real token of prompt + completion, trained with the Bradley–Terry
+    loss ``-log σ(r_w - r_l - margin)``, margin being the data's per-pair ``margin`` column
+    (0 without one), plus ``center_rewards_coefficient · mean((r_w + r_l)²)``. The head is always
+    trained, under full fine-tuning or LoRA; the export is a ``LlamaForSequenceClassification``.
+
+    Attributes:
+      center_rewards_coefficient: weight of the reward-centring term (TRL ``RewardConfig``,
+        Eisenstein et al. 2023); 0: off (TRL's null).
+      logps_chunk: unused: a reward model runs no LM head.
+    """
+
+    name: Literal["reward"] = "reward"
+    center_rewards_coefficient: float = 0.0
+
+    def loss_options(self) -> dict:
+        return {"center_rewards_coefficient": self.center_rewards_coefficient}
+
+
 OBJECTIVES: dict[str, type[ObjectiveBase]] = {
     cls.__dataclass_fields__["name"].default: cls
     for cls in (SimCSE, WhitenedCSE, CoSENT, AnglE, Matryoshka, TwoDMSE, DSE, DefSent,
-                DPO, SimPO, CPO, ORPO, KTO, ASFT, D2O, PoFT, DCKD, ADPA)
+                DPO, SimPO, CPO, ORPO, KTO, ASFT, D2O, PoFT, DCKD, ADPA, Reward)
 }
 CONTRASTIVE_OBJECTIVES = tuple(n for n, c in OBJECTIVES.items() if c.family == "contrastive")
 PREFERENCE_OBJECTIVES = tuple(n for n, c in OBJECTIVES.items() if c.family == "preference")
 
 ObjectiveConfig = (SimCSE | WhitenedCSE | CoSENT | AnglE | Matryoshka | TwoDMSE | DSE | DefSent
-                   | DPO | SimPO | CPO | ORPO | KTO | ASFT | D2O | PoFT | DCKD | ADPA)
+                   | DPO | SimPO | CPO | ORPO | KTO | ASFT | D2O | PoFT | DCKD | ADPA | Reward)

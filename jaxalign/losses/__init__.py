@@ -6,6 +6,7 @@ Contrastive (sentence embeddings): :mod:`~jaxalign.losses.contrastive` (InfoNCE,
 Preference (causal LMs), by family: :mod:`~jaxalign.losses.dpo` (the DPO family under TRL's
 ``loss_type`` names, :func:`dpo_loss` their weighted sum), :mod:`~jaxalign.losses.reference_free`
 (SimPO, CPO, ORPO, ASFT, PoFT), :mod:`~jaxalign.losses.unpaired` (KTO, D²O),
+:mod:`~jaxalign.losses.reward` (reward models' Bradley–Terry loss),
 :mod:`~jaxalign.losses.token_level` (DCKD, ADPA); :mod:`~jaxalign.losses.registry` names every
 preference loss and checks its options.
 
@@ -27,6 +28,7 @@ from jaxalign.losses.matryoshka import matryoshka_2d_loss, matryoshka_loss
 from jaxalign.losses.numerics import log1mexp
 from jaxalign.losses.reference_free import asft_loss, cpo_loss, orpo_loss, poft_loss, simpo_loss
 from jaxalign.losses.registry import DPO_LOSS_TYPES, F_DIVERGENCE_TYPES, LOSSES, LossSpec, validate_loss_options
+from jaxalign.losses.reward import bradley_terry_loss, reward_metrics
 from jaxalign.losses.token_level import (
     adpa_loss,
     dckd_combine,
@@ -40,8 +42,8 @@ from jaxalign.losses.whitening import bert_whitening, multi_view_sgw, shuffled_g
 
 __all__ = [
     "DPO_LOSSES", "DPO_LOSS_TYPES", "F_DIVERGENCE_TYPES", "LOSSES", "LossSpec", "adpa_loss", "angle", "asft_loss",
-    "bert_whitening", "cosent", "cpo_loss", "d2o_loss", "dckd_combine", "dckd_loss", "dpo_loss", "dse_loss",
+    "bert_whitening", "bradley_terry_loss", "cosent", "cpo_loss", "d2o_loss", "dckd_combine", "dckd_loss", "dpo_loss", "dse_loss",
     "expected_advantage", "f_divergence_score", "forward_kl_terms", "info_nce", "kto_loss", "ld_logps", "log1mexp",
     "matryoshka_2d_loss", "matryoshka_loss", "multi_view_sgw", "orpo_loss", "poft_loss", "preference_metrics",
-    "shuffled_group_whiten", "simpo_loss", "token_mean_contributions", "validate_loss_options", "wpo_weights",
+    "reward_metrics", "shuffled_group_whiten", "simpo_loss", "token_mean_contributions", "validate_loss_options", "wpo_weights",
 ]

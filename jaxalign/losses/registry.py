@@ -106,6 +106,7 @@ LOSSES: dict[str, LossSpec] = {
     "dckd": LossSpec("dckd_loss", frozenset({"sft_weight", "distill_weight", "chosen_weight", "rejected_weight",
                                              "renormalize"}), False, True),
     "adpa": LossSpec("adpa_loss", frozenset(), False, True),
+    "reward": LossSpec("bradley_terry_loss", frozenset({"center_rewards_coefficient"}), False, False, 1.0),
 }
 
 DPO_LOSS_TYPES = tuple(name for name, spec in LOSSES.items() if spec.function == "dpo_loss")
@@ -218,7 +219,7 @@ def validate_loss_options(loss_type: str | Sequence[str], beta: Any, options: Ma
         if tau is not None and not tau > 0:
             raise ValueError(f"discopop_tau must be > 0, got {tau:g}")
     for key in ("desirable_weight", "undesirable_weight", "cpo_alpha", "sft_weight", "distill_weight",
-                "chosen_weight", "rejected_weight"):
+                "chosen_weight", "rejected_weight", "center_rewards_coefficient"):
         value = _concrete(options[key]) if key in options else None
         if value is not None and value < 0:
             raise ValueError(f"{key} must be >= 0 for loss {label}, got {value:g}")

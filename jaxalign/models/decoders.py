@@ -193,12 +193,15 @@ def load_decoder(
     param_dtype=jnp.float32,
     num_layers: int | None = None,
     remat: str = "none",
+    ignore: tuple[str, ...] = (),
 ) -> Decoder:
     """Loads a decoder checkpoint (and its tokenizer) for compute in ``dtype``.
 
     With ``mesh``, each parameter is created directly in its sharding over that mesh.
     ``num_layers`` keeps only the first n layers (the other layers' tensors are never read).
     ``remat``: ``none``, ``full`` or ``dots``, the layers' rematerialisation in training.
+    ``ignore``: fnmatch patterns of further checkpoint tensors to leave unread (a task head
+    such as a reward model's ``score.weight``).
     """
     path = resolve_decoder_path(name_or_path)
     if path.suffix == ".gguf":
@@ -223,7 +226,7 @@ def load_decoder(
     if hf.get("tie_word_embeddings") is None:
         hf["tie_word_embeddings"] = not has_head
     config = LlamaConfig.from_hf(hf, source=source)
-    ignore = list(llama_weights.IGNORE)
+    ignore = [*llama_weights.IGNORE, *ignore]
     if config.tie_word_embeddings:
         ignore.append(llama_weights.LM_HEAD_TENSOR)  # a saved copy of the tied embedding
     ignore += dropped_layers(num_layers, config.num_hidden_layers, "layers.{i}.*")

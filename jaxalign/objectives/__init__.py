@@ -21,6 +21,7 @@ from jaxalign.config.objectives import (
     Matryoshka,
     ObjectiveConfig,
     PoFT,
+    Reward,
     SimCSE,
     SimPO,
     TwoDMSE,
@@ -29,4 +30,4 @@ from jaxalign.config.objectives import (
 )
 
 __all__ = ["ADPA", "ASFT", "CPO", "D2O", "DCKD", "DPO", "DSE", "KTO", "OBJECTIVES", "ORPO", "AnglE", "CoSENT",
-           "DefSent", "Matryoshka", "ObjectiveConfig", "PoFT", "SimCSE", "SimPO", "TwoDMSE", "WhitenedCSE", "WhiteningConfig"]
+           "DefSent", "Matryoshka", "ObjectiveConfig", "PoFT", "Reward", "SimCSE", "SimPO", "TwoDMSE", "WhitenedCSE", "WhiteningConfig"]

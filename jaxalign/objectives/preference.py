@@ -10,7 +10,8 @@ ADPA compare the policy with frozen teacher LMs at every completion position ins
 (:mod:`jaxalign.ops.teacher`). The losses are called unchecked: the objective's config checked
 its options once, when it was built.
 
-Parameters as the loss sees them: trainable ``{"policy": ...}`` or ``{"lora": ...}``; frozen
+Parameters as the loss sees them: trainable ``{"policy": ...}`` or ``{"lora": ...}`` (a reward
+model's scalar head beside them, ``"score"``: :mod:`jaxalign.objectives.reward`); frozen
 ``{"reference": ...}``, ``{"base": ...}`` (LoRA: the base is also the reference), the teachers
 ``{"teacher", "teacher_reference"}``, or nothing; tracked (TR-DPO) ``{"reference": ...}``.
 """
@@ -27,10 +28,12 @@ from jaxalign import losses
 from jaxalign.config import objectives
 from jaxalign.models import lora as lora_lib
 from jaxalign.models.decoders import Decoder
+from jaxalign.objectives.reward import reward_loss
 from jaxalign.objectives.scoring import TOKEN_AXES, sequence_logps
 from jaxalign.ops.teacher import advantage_expectation, distill_kl
 
-BATCH_AXES = {**TOKEN_AXES, "label": ("batch",), "ref_logps": ("batch", None), "aligned_scores": ("batch", None)}
+BATCH_AXES = {**TOKEN_AXES, "label": ("batch",), "ref_logps": ("batch", None), "aligned_scores": ("batch", None),
+              "margin": ("batch",)}
 TEACHERS = ("teacher", "teacher_reference")  # objective config fields naming frozen teacher LMs
 
 
@@ -129,6 +132,9 @@ class PreferenceObjective:
 
     def loss(self, params: dict, batch: dict, rng: jax.Array, frozen: dict) -> tuple[jax.Array, dict]:
         """``(params, batch, rng, frozen) -> (loss, metrics)``, the engine's loss signature."""
+        if self.cfg.name == "reward":  # a scalar head on the policy's last hidden state, no LM head
+            return reward_loss(self.cfg, self.decoder, self.policy_params(params, frozen), params["score"], batch,
+                               int(self.decoder.tokenizer.pad_token_id))
         if self.teachers:
             return self.teacher_loss(params, batch, frozen)
         wpo = getattr(self.cfg, "use_weighting", False)

@@ -24,9 +24,11 @@ from jaxalign.data.preference.tokens import TokenizedPreference, tokenize_prefer
 from jaxalign.data.stream import BatchStream
 from jaxalign.data.token_cache import source_fingerprint
 from jaxalign.eval.preference import PreferenceEvaluator
+from jaxalign.eval.reward import RewardEvaluator
 from jaxalign.models import lora as lora_lib
 from jaxalign.models.decoders import Decoder, load_decoder
 from jaxalign.models.export import export_decoder
+from jaxalign.models.reward import HEAD_AXES, export_reward_model, init_score_head
 from jaxalign.objectives.preference import BATCH_AXES, TEACHERS, PreferenceObjective
 from jaxalign.tasks import precomputed
 
@@ -39,6 +41,19 @@ def check_same_vocabulary(student: Decoder, teacher: Decoder, field: str) -> Non
     if sv != tv or student.tokenizer.get_vocab() != teacher.tokenizer.get_vocab():
         raise ValueError(f"{field}={teacher.path}: its vocabulary ({tv} ids) is not the policy's ({sv} ids, "
                          f"{student.path}); token-level distillation needs the same tokenizer and vocabulary")
+
+
+def record_margins(records, path: str) -> np.ndarray | None:
+    """``[num_records]`` float32 margins of a data set with a ``margin`` column (TRL
+    ``RewardTrainer``'s), ``None`` without one; a column on only some rows is refused."""
+    given = [r.margin is not None for r in records]
+    if not any(given):
+        return None
+    if not all(given):
+        missing = next(r for r in records if r.margin is None)
+        raise ValueError(f"data.path={path}: {sum(given)} of {len(records)} pairs have a 'margin' and {missing.source} "
+                         "has none; give every pair one (0 for no margin) or none")
+    return np.asarray([r.margin for r in records], np.float32)
 
 
 @dataclasses.dataclass
@@ -56,9 +71,10 @@ class PreferenceTask:
     lora_modules: dict | None = None
     ref_logps: np.ndarray | None = None  # [num_records, C] when precomputed (rows by record index)
     aligned_scores: np.ndarray | None = None  # PoFT: [num_records, M]
+    margins: np.ndarray | None = None  # reward models: the data's per-pair margin column [num_records]
     tracked: dict = dataclasses.field(default_factory=dict)
     tracked_axes: dict = dataclasses.field(default_factory=dict)
-    evaluator: PreferenceEvaluator | None = None
+    evaluator: PreferenceEvaluator | RewardEvaluator | None = None
     eval_metric: str = "eval/rewards/accuracies"
 
     @classmethod
@@ -103,6 +119,10 @@ class PreferenceTask:
                 raise ValueError(f"objective.sync_ref_model: objective.reference_model={obj.reference_model} "
                                  "is not shaped like the policy, so it cannot be mixed with it")
             sync_period = obj.ref_model_sync_steps * cfg.optim.grad_accum
+        if obj.name == "reward":  # the scalar head, trained under full fine-tuning and LoRA alike
+            params["score"] = init_score_head(jax.random.PRNGKey(cfg.seed + 2), decoder.config.hidden_size,
+                                              decoder.hf_config.get("initializer_range", 0.02))
+            param_axes["score"] = HEAD_AXES
         teachers = {}
         for field in (f for f in TEACHERS if getattr(obj, f, None)):
             teachers[field] = load_decoder(getattr(obj, field), mesh=mesh, dtype=dtype)
@@ -117,6 +137,8 @@ class PreferenceTask:
             task.ref_logps = precomputed.reference_logps(cfg, decoder, tokens, mesh)
         if obj.name == "poft":
             task.aligned_scores, task.tokens = precomputed.aligned_scores(cfg, decoder, tokens, records, mesh)
+        if obj.name == "reward":
+            task.margins = record_margins(records if cfg.data.pipeline != "streaming" else read(), cfg.data.path)
         if cfg.data.pipeline == "streaming":
             task.stream = streaming_pipeline(task, len(table), lambda rows, local: task.collate(
                 preference_examples(table, rows), local))
@@ -129,10 +151,14 @@ class PreferenceTask:
                                               max_completion_length=cfg.data.max_completion_length,
                                               chat_template=cfg.data.chat_template,
                                               long_prompts=cfg.data.long_prompts)
-            initial = objective.reference_params(params, {**frozen, **tracked})
-            task.evaluator = PreferenceEvaluator(decoder, eval_tokens, initial, mesh=mesh, beta=obj.reward_beta,
-                                                 batch_size=cfg.eval.batch_size, buckets=cfg.data.buckets,
-                                                 chunk=obj.logps_chunk)
+            if obj.name == "reward":  # pairwise accuracy of the rewards, no reference
+                task.evaluator = RewardEvaluator(decoder, eval_tokens, batch_size=cfg.eval.batch_size)
+                task.eval_metric = "eval/accuracy"
+            else:
+                initial = objective.reference_params(params, {**frozen, **tracked})
+                task.evaluator = PreferenceEvaluator(decoder, eval_tokens, initial, mesh=mesh, beta=obj.reward_beta,
+                                                     batch_size=cfg.eval.batch_size, buckets=cfg.data.buckets,
+                                                     chunk=obj.logps_chunk)
         return task
 
     def batch_axes(self) -> dict:
@@ -143,6 +169,8 @@ class PreferenceTask:
             keys.append("ref_logps")
         if self.aligned_scores is not None:
             keys.append("aligned_scores")
+        if self.margins is not None:
+            keys.append("margin")
         return {k: BATCH_AXES[k] for k in keys}
 
     def value_and_grad(self):
@@ -160,6 +188,8 @@ class PreferenceTask:
             batch["ref_logps"] = self.ref_logps[rows]
         if self.aligned_scores is not None:
             batch["aligned_scores"] = self.aligned_scores[rows]
+        if self.margins is not None:
+            batch["margin"] = self.margins[rows]
         return batch
 
     def next_batch(self) -> dict:
@@ -170,10 +200,15 @@ class PreferenceTask:
     def evaluate(self, params) -> dict[str, float]:
         if self.evaluator is None:
             return {}
-        return self.evaluator(self.objective.policy_params(params, self.frozen))
+        policy = self.objective.policy_params(params, self.frozen)
+        return self.evaluator(policy, params["score"]) if "score" in params else self.evaluator(policy)
 
     def export(self, params, directory: str) -> None:
         if "lora" in params:
             lora_lib.save_adapter(Path(directory) / "adapter", params["lora"], self.lora_modules, self.cfg.model.lora,
                                   self.cfg.model.name)
-        export_decoder(self.decoder, jax.device_get(self.objective.policy_params(params, self.frozen)), directory)
+        policy = jax.device_get(self.objective.policy_params(params, self.frozen))
+        if "score" in params:
+            export_reward_model(self.decoder, policy, jax.device_get(params["score"]), directory)
+        else:
+            export_decoder(self.decoder, policy, directory)

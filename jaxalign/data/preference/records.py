@@ -85,7 +85,9 @@ class PreferenceRecord:
 
     ``prompt`` and the completions are all strings (text) or all message lists
     (conversational). Paired: ``chosen``/``rejected``; unpaired: ``completion``/``label``;
-    sft: ``completion``; negatives: ``rejected`` and ``samples``. ``source`` is where it came from (``file:line``).
+    sft: ``completion``; negatives: ``rejected`` and ``samples``. ``margin``: a paired row's
+    optional ``margin`` column (the reward margin TRL's ``RewardTrainer`` requires of the pair).
+    ``source`` is where it came from (``file:line``).
     """
 
     kind: str
@@ -96,6 +98,7 @@ class PreferenceRecord:
     label: bool | None = None
     samples: tuple = ()
     source: str = ""
+    margin: float | None = None
 
     @property
     def conversational(self) -> bool:
@@ -308,7 +311,8 @@ def parse_row(row: Row, kind: str) -> list[PreferenceRecord]:
         if pair is None:
             _require(value, ("chosen", "rejected"), kind, fail)
         prompt, chosen, rejected = pair
-        return [PreferenceRecord("paired", prompt, chosen=chosen, rejected=rejected, source=source)]
+        return [PreferenceRecord("paired", prompt, chosen=chosen, rejected=rejected, source=source,
+                                 margin=_margin(value.get("margin"), fail))]
     if kind == "unpaired":
         if pair is not None:
             prompt, chosen, rejected = pair
@@ -331,6 +335,15 @@ def parse_row(row: Row, kind: str) -> list[PreferenceRecord]:
     if any(isinstance(c, list) != isinstance(prompt, list) for c in (rejected, *samples)):
         fail("'prompt', 'rejected' and 'samples' must all be strings or all be message lists")
     return [PreferenceRecord("negatives", prompt, rejected=rejected, samples=samples, source=source)]
+
+
+def _margin(margin, fail: Fail) -> float | None:
+    if margin is None:
+        return None
+    if isinstance(margin, bool) or not isinstance(margin, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(margin):
+        fail(f"'margin' must be a finite number (the reward margin the pair requires), got {margin!r:.40}")
+    return float(margin)
 
 
 def _label(label, fail: Fail) -> bool:
