@@ -190,12 +190,14 @@ def load_decoder(
     param_dtype=jnp.float32,
     num_layers: int | None = None,
     remat: str = "none",
+    attention: str = "auto",
 ) -> Decoder:
     """Loads a decoder checkpoint (and its tokenizer) for compute in ``dtype``.
 
     With ``mesh``, each parameter is created directly in its sharding over that mesh.
     ``num_layers`` keeps only the first n layers (the other layers' tensors are never read).
     ``remat``: ``none``, ``full`` or ``dots``, the layers' rematerialisation in training.
+    ``attention``: the attention kernel (``jaxalign.ops.attention.IMPLEMENTATIONS``).
     """
     path = resolve_decoder_path(name_or_path)
     if path.suffix == ".gguf":
@@ -227,7 +229,8 @@ def load_decoder(
     if num_layers is not None:
         config = config.truncated(num_layers)
     graphdef, state, params, axes = load_module(
-        lambda: LlamaForCausalLM(config, dtype=dtype, param_dtype=param_dtype, remat=remat, rngs=nnx.Rngs(0)),
+        lambda: LlamaForCausalLM(config, dtype=dtype, param_dtype=param_dtype, remat=remat, attention=attention,
+                                 rngs=nnx.Rngs(0)),
         checkpoint, llama_weights.RULES, num_layers=config.num_hidden_layers, mesh=mesh, dtype=param_dtype,
         prefixes=llama_weights.PREFIXES, ignore=ignore)
     if isinstance(checkpoint, GGUFCheckpoint):

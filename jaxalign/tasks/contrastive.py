@@ -49,7 +49,8 @@ class ContrastiveTask:
     @classmethod
     def build(cls, cfg: TrainConfig, mesh: jax.sharding.Mesh) -> "ContrastiveTask":
         dtype = jnp.bfloat16 if cfg.model.dtype == "bfloat16" else jnp.float32
-        encoder = load_encoder(cfg.model.name, mesh=mesh, dtype=dtype, num_layers=cfg.model.num_layers)
+        encoder = load_encoder(cfg.model.name, mesh=mesh, dtype=dtype, num_layers=cfg.model.num_layers,
+                               attention=cfg.model.attention)
         pooling = dataclasses.replace(encoder.pooling, mode=cfg.model.pooling) if cfg.model.pooling else encoder.pooling
         objective = ContrastiveObjective(cfg.objective, cfg.data.kind, encoder, pooling, dropout=cfg.model.dropout,
                                          num_shards=batch_parallel_size(mesh))
