@@ -174,9 +174,10 @@ def select(implementation: str, q: jax.Array, k: jax.Array, mask: AttentionMask,
         return "xla"
     reason = unsupported(implementation, q, k, mask, dropout)
     if reason is not None:
-        others = [i for i in IMPLEMENTATIONS if i != implementation and unsupported(i, q, k, mask, dropout) is None
-                  and (i not in BACKEND_KERNELS.values() or BACKEND_KERNELS.get(backend) == i)]
-        raise ValueError(f"model.attention={implementation}: {reason}; use {' or '.join(others)}")
+        others = ["auto"] + [i for i in IMPLEMENTATIONS[1:] if i != implementation
+                             and unsupported(i, q, k, mask, dropout) is None
+                             and (i not in BACKEND_KERNELS.values() or BACKEND_KERNELS.get(backend) == i)]
+        raise ValueError(f"model.attention={implementation}: {reason}; use {', '.join(others[:-1])} or {others[-1]}")
     return implementation
 
 
