@@ -54,7 +54,7 @@ def masks(t):
 
 def loss_and_grads(kernel, q, k, v, mask, weights):
     """The weighted sum of the output and its gradients with respect to q, k, v."""
-    f = lambda q, k, v: jnp.sum(kernel(q, k, v, mask, scale=q.shape[-1] ** -0.5) * weights)  # noqa: E731
+    f = lambda q, k, v: jnp.sum(kernel(q, k, v, mask, scale=q.shape[-1] ** -0.5) * weights)
     return jax.value_and_grad(f, argnums=(0, 1, 2))(q, k, v)
 
 
@@ -96,7 +96,7 @@ def test_splash_matches_einsum_at_real_tokens(kind):
     mask = masks(t)[kind]
     real = mask.key_mask[:, :, None, None].astype(jnp.float32)
     weights = jnp.asarray(np.random.default_rng(1).standard_normal(q.shape), jnp.float32) * real
-    splash = lambda *a, **kw: attn.splash_attention(*a, **kw, interpret=True)  # noqa: E731
+    splash = lambda *a, **kw: attn.splash_attention(*a, **kw, interpret=True)
     (loss, grads), (ref_loss, ref_grads) = (loss_and_grads(f, q, k, v, mask, weights)
                                             for f in (splash, attn.einsum_attention))
     out = splash(q, k, v, mask, scale=8**-0.5)
@@ -223,7 +223,7 @@ def test_bert_forward_and_gradients_match_einsum():
 
 def test_bert_attention_dropout_runs_through_einsum_under_auto_and_fails_for_xla():
     ids, mask = jnp.ones((2, 8), jnp.int32), jnp.ones((2, 8), jnp.int32)
-    rngs = lambda: nnx.Rngs(dropout=0)  # noqa: E731
+    rngs = lambda: nnx.Rngs(dropout=0)
     auto = BertEncoder(tiny_bert(), attention="auto", rngs=nnx.Rngs(0))
     einsum = BertEncoder(tiny_bert(), attention="einsum", rngs=nnx.Rngs(0))
     assert_close(auto(ids, mask, deterministic=False, rngs=rngs()).last_hidden_state,
