@@ -34,7 +34,9 @@ and ``xla`` average every value uniformly there, the fused kernels attend among 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
+import math
 from collections.abc import Callable
 
 import jax
@@ -46,6 +48,9 @@ from jax.experimental.pallas.ops.tpu.splash_attention import (
 from jax.experimental.pallas.ops.tpu.splash_attention import (
     splash_attention_mask as splash_mask,
 )
+from jax.sharding import PartitionSpec
+
+from jaxalign.sharding.rules import DEFAULT_RULES, logical_to_spec
 
 log = logging.getLogger(__name__)
 
@@ -234,14 +239,38 @@ def cudnn_attention(q, k, v, mask: AttentionMask, *, scale: float) -> jax.Array:
 def splash_attention(q, k, v, mask: AttentionMask, *, scale: float, interpret: bool = False) -> jax.Array:
     """The Pallas TPU splash kernel over whole sequences (T = S, a multiple of 128): causality and
     window as its static mask, padding and segments as its segment ids; vmapped over the batch.
-    ``interpret`` runs the kernel in the Pallas interpreter (any backend, slowly: for tests)."""
+
+    Inside ``jax.set_mesh`` the kernel runs under ``shard_map`` (XLA cannot partition a Pallas
+    call): each device takes its rows of the batch (the ``batch`` rule's mesh axes) and, when
+    both head counts divide it, its heads (``act_heads``). ``interpret`` runs the kernel in the
+    Pallas interpreter (any backend, slowly: for tests)."""
+    segments = mask.kernel_segments()
+    run = functools.partial(_splash_local, causal=mask.causal, window=mask.window, scale=scale, interpret=interpret)
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return run(q, k, v, segments)
+    spec = PartitionSpec(_mesh_axes(mesh, "batch", q.shape[0]), None,
+                         _mesh_axes(mesh, "act_heads", math.gcd(q.shape[2], k.shape[2])), None)
+    seg_spec = None if segments is None else (PartitionSpec(spec[0], None),) * 2
+    return jax.shard_map(run, in_specs=(spec, spec, spec, seg_spec), out_specs=spec, check_vma=False)(q, k, v, segments)
+
+
+def _mesh_axes(mesh, logical: str, size: int) -> tuple[str, ...] | None:
+    """The mesh axes the ``logical`` rule shards over, if they divide ``size`` (else None: replicated)."""
+    axes = logical_to_spec((logical,), DEFAULT_RULES)[0]
+    axes = tuple(a for a in ((axes,) if isinstance(axes, str) else axes or ()) if a in mesh.axis_names)
+    return axes if axes and size % math.prod(mesh.shape[a] for a in axes) == 0 else None
+
+
+def _splash_local(q, k, v, segments, *, causal: bool, window: int | None, scale: float, interpret: bool) -> jax.Array:
+    """:func:`splash_attention` on one device's arrays; ``segments`` from ``mask.kernel_segments()``."""
     _, t, n, _ = q.shape
     s = k.shape[1]
     static = splash_mask.FullMask((t, s))
-    if mask.causal:
+    if causal:
         static = splash_mask.CausalMask((t, s))
-    if mask.window is not None:
-        static = splash_mask.LogicalAnd(static, splash_mask.LocalMask((t, s), window_size=(mask.window - 1, 0), offset=0))
+    if window is not None:
+        static = splash_mask.LogicalAnd(static, splash_mask.LocalMask((t, s), window_size=(window - 1, 0), offset=0))
     block = max(size for size in (512, 256, SPLASH_BLOCK) if t % size == 0 and s % size == 0)
     sizes = splash_kernel.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
                                      block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
@@ -249,7 +278,6 @@ def splash_attention(q, k, v, mask: AttentionMask, *, scale: float, interpret: b
                                            q_seq_shards=1, interpret=interpret)
     heads_first = lambda x: jnp.swapaxes(x, 1, 2)  # [B, L, H, D] <-> [B, H, L, D]
     qh, kh, vh = heads_first(q * jnp.asarray(scale, q.dtype)), heads_first(k), heads_first(v)
-    segments = mask.kernel_segments()
     if segments is None:
         out = jax.vmap(kernel)(qh, kh, vh)
     else:
