@@ -5,6 +5,7 @@ The ``splash`` kernel runs in the Pallas interpreter here (CPU); ``cudnn`` needs
 its choice and its errors are tested.
 """
 
+import functools
 import logging
 
 import jax
@@ -53,10 +54,15 @@ def masks(t):
     }
 
 
+def run(kernel, *args, **kw):
+    """kernel(*args, **kw) compiled once (op by op, small calls cost more in dispatch)."""
+    return jax.jit(functools.partial(kernel, **kw))(*args)
+
+
 def loss_and_grads(kernel, q, k, v, mask, weights):
     """The weighted sum of the output and its gradients with respect to q, k, v."""
     f = lambda q, k, v: jnp.sum(kernel(q, k, v, mask, scale=q.shape[-1] ** -0.5) * weights)
-    return jax.value_and_grad(f, argnums=(0, 1, 2))(q, k, v)
+    return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2)))(q, k, v)
 
 
 def assert_close(a, b, tol=TOL):
@@ -72,7 +78,7 @@ def assert_close(a, b, tol=TOL):
 def test_xla_matches_einsum_forward_and_gradients(kind):
     q, k, v = qkv()
     mask = masks(16)[kind]
-    ref, out = attn.einsum_attention(q, k, v, mask, scale=8**-0.5), attn.xla_attention(q, k, v, mask, scale=8**-0.5)
+    ref, out = (run(kernel, q, k, v, mask, scale=8**-0.5) for kernel in (attn.einsum_attention, attn.xla_attention))
     assert_close(out, ref)  # everywhere, rows without a visible key too
     weights = jnp.asarray(np.random.default_rng(1).standard_normal(q.shape), jnp.float32)
     assert_close(loss_and_grads(attn.xla_attention, q, k, v, mask, weights),
@@ -85,7 +91,7 @@ def test_cache_step_matches_einsum():
     key_mask = padding([8, 6, 2], 16, "left") * (jnp.arange(16) < 8)
     for window in (None, 4):
         mask = AttentionMask(key_mask=key_mask, causal=True, window=window, q_offset=jnp.int32(5))
-        assert_close(attn.xla_attention(q, k, v, mask, scale=0.3), attn.einsum_attention(q, k, v, mask, scale=0.3))
+        assert_close(run(attn.xla_attention, q, k, v, mask, scale=0.3), run(attn.einsum_attention, q, k, v, mask, scale=0.3))
 
 
 @pytest.mark.parametrize("kind", ["window+left", "segments+causal+right", "bidirectional+right"])
@@ -100,9 +106,9 @@ def test_splash_matches_einsum_at_real_tokens(kind):
     splash = lambda *a, **kw: attn.splash_attention(*a, **kw, interpret=True)
     (loss, grads), (ref_loss, ref_grads) = (loss_and_grads(f, q, k, v, mask, weights)
                                             for f in (splash, attn.einsum_attention))
-    out = splash(q, k, v, mask, scale=8**-0.5)
+    out = run(splash, q, k, v, mask, scale=8**-0.5)
     assert np.all(np.isfinite(np.asarray(out)))
-    assert_close(out * real, attn.einsum_attention(q, k, v, mask, scale=8**-0.5) * real)
+    assert_close(out * real, run(attn.einsum_attention, q, k, v, mask, scale=8**-0.5) * real)
     assert_close((loss, grads), (ref_loss, ref_grads), tol=1e-4)
 
 
@@ -161,7 +167,7 @@ def test_explicit_kernel_the_backend_lacks_fails_naming_the_alternatives():
 
 
 def tiny_llama(**kw) -> LlamaConfig:
-    return LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+    return LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4,
                        num_key_value_heads=2, head_dim=8, **kw)
 
 
@@ -171,7 +177,7 @@ def split_pair(build):
     return g_ref, g_xla, state
 
 
-@pytest.mark.parametrize("side,window", [("right", None), ("left", None), ("left", 3)])
+@pytest.mark.parametrize("side,window", [("right", None), ("left", 3)])
 def test_llama_forward_and_gradients_match_einsum(side, window):
     g_ref, g_xla, state = split_pair(lambda a: LlamaForCausalLM(tiny_llama(sliding_window=window), attention=a,
                                                                   rngs=nnx.Rngs(0)))
@@ -182,7 +188,7 @@ def test_llama_forward_and_gradients_match_einsum(side, window):
         hidden, _ = nnx.merge(graphdef, state)(ids, mask)
         return jnp.sum(hidden * mask[..., None]), hidden
 
-    ref, out = (jax.value_and_grad(loss, argnums=1, has_aux=True)(g, state) for g in (g_ref, g_xla))
+    ref, out = (jax.jit(jax.value_and_grad(functools.partial(loss, g), has_aux=True))(state) for g in (g_ref, g_xla))
     assert_close(out, ref)
 
 
@@ -191,8 +197,9 @@ def test_llama_cache_steps_match_einsum():
                                                                   rngs=nnx.Rngs(0)))
     ids = jnp.asarray(np.random.default_rng(0).integers(0, 64, (2, 9)), jnp.int32)
     mask = padding([6, 3], 6, "left")
-    outs = []
-    for graphdef in (g_ref, g_xla):
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def decode(graphdef, state):
         model = nnx.merge(graphdef, state)
         cache = KVCache.zeros(model.config, 2, 9)
         pos = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0) * mask
@@ -202,25 +209,32 @@ def test_llama_cache_steps_match_einsum():
             pos = pos[:, -1:] + 1
             h, cache = model(ids[:, i:i + 1], jnp.ones((2, 1), jnp.int32), positions=pos, cache=cache)
             steps.append(h)
-        outs.append(jnp.concatenate(steps, axis=1) * jnp.concatenate([mask, jnp.ones((2, 3), jnp.int32)], 1)[..., None])
-    assert_close(outs[1], outs[0])
+        return jnp.concatenate(steps, axis=1) * jnp.concatenate([mask, jnp.ones((2, 3), jnp.int32)], 1)[..., None]
+
+    assert_close(decode(g_xla, state), decode(g_ref, state))
 
 
 def test_llama_packed_segments_equal_separate_sequences():
     """Two sequences packed into one row with segment ids and restarted positions give each
     sequence's own hidden states."""
-    model = LlamaForCausalLM(tiny_llama(), attention="xla", rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(LlamaForCausalLM(tiny_llama(), attention="xla", rngs=nnx.Rngs(0)))
     ids = jnp.asarray(np.random.default_rng(0).integers(0, 64, (1, 10)), jnp.int32)
     segments = jnp.asarray([[0] * 6 + [1] * 4], jnp.int32)
     positions = jnp.asarray([list(range(6)) + list(range(4))], jnp.int32)
-    packed, _ = model(ids, jnp.ones_like(ids), positions=positions, segment_ids=segments)
-    first, _ = model(ids[:, :6], jnp.ones((1, 6), jnp.int32))
-    second, _ = model(ids[:, 6:], jnp.ones((1, 4), jnp.int32))
-    assert_close(packed, jnp.concatenate([first, second], axis=1))
+
+    @jax.jit
+    def packed_and_separate(state):
+        model = nnx.merge(graphdef, state)
+        packed, _ = model(ids, jnp.ones_like(ids), positions=positions, segment_ids=segments)
+        first, _ = model(ids[:, :6], jnp.ones((1, 6), jnp.int32))
+        second, _ = model(ids[:, 6:], jnp.ones((1, 4), jnp.int32))
+        return packed, jnp.concatenate([first, second], axis=1)
+
+    assert_close(*packed_and_separate(state))
 
 
 def tiny_bert() -> BertConfig:
-    return BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48)
+    return BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=48)
 
 
 def test_bert_forward_and_gradients_match_einsum():
@@ -232,16 +246,17 @@ def test_bert_forward_and_gradients_match_einsum():
         hidden = nnx.merge(graphdef, state)(ids, mask).last_hidden_state
         return jnp.sum(hidden * mask[..., None]), hidden
 
-    ref, out = (jax.value_and_grad(loss, argnums=1, has_aux=True)(g, state) for g in (g_ref, g_xla))
+    ref, out = (jax.jit(jax.value_and_grad(functools.partial(loss, g), has_aux=True))(state) for g in (g_ref, g_xla))
     assert_close(out, ref)
 
 
 def test_bert_attention_dropout_runs_through_einsum_under_auto_and_fails_for_xla():
     ids, mask = jnp.ones((2, 8), jnp.int32), jnp.ones((2, 8), jnp.int32)
-    rngs = lambda: nnx.Rngs(dropout=0)
-    auto = BertEncoder(tiny_bert(), attention="auto", rngs=nnx.Rngs(0))
-    einsum = BertEncoder(tiny_bert(), attention="einsum", rngs=nnx.Rngs(0))
-    assert_close(auto(ids, mask, deterministic=False, rngs=rngs()).last_hidden_state,
-                 einsum(ids, mask, deterministic=False, rngs=rngs()).last_hidden_state)
+
+    def train_forward(attention):
+        model = BertEncoder(tiny_bert(), attention=attention, rngs=nnx.Rngs(0))
+        return jax.jit(lambda: model(ids, mask, deterministic=False, rngs=nnx.Rngs(dropout=0)).last_hidden_state)()
+
+    assert_close(train_forward("auto"), train_forward("einsum"))
     with pytest.raises(ValueError, match="model.attention=xla: attention dropout"):
-        BertEncoder(tiny_bert(), attention="xla", rngs=nnx.Rngs(0))(ids, mask, deterministic=False, rngs=rngs())
+        train_forward("xla")
