@@ -70,7 +70,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--layer", type=int, default=None,
                    help="hidden layer to pool (-1 last, 0 embeddings, n after layer n). For a decoder: transformers' "
                         "hidden_states index, n the raw output of layer n, -1 the final-normed output, -2 (default) "
-                        "the raw output of the penultimate layer")
+                        "the raw output of the penultimate layer; a decoder trained by jaxalign train: the layer, "
+                        "pooling and prompt it was trained with (its embedding.json)")
     g.add_argument("--top-k", type=int, default=None, help="layers for mean_top_k / concat_top_k")
     g.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None, help="L2-normalise embeddings")
     g.add_argument("--truncate-dim", type=int, default=None, help="Matryoshka: keep the first D dimensions")
@@ -124,7 +125,7 @@ def _prompt_embedder(args, mesh):
 
     import jax.numpy as jnp
 
-    from jaxalign.inference.prompt_embed import DEFAULT_POOLING, TP_DEFAULTS, PromptEmbedder
+    from jaxalign.inference.prompt_embed import DEFAULT_POOLING, TP_DEFAULTS, PromptEmbedder, saved_embedding
     from jaxalign.models.decoders import load_decoder
 
     if (args.tp_start is not None or args.tp_exit is not None) and not args.token_prepending:
@@ -133,14 +134,16 @@ def _prompt_embedder(args, mesh):
         raise ValueError("--top-k is for encoders' mean_top_k / concat_top_k; a decoder pools last or mean")
     decoder = load_decoder(args.model, mesh=mesh, dtype=jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32,
                            num_layers=args.num_layers)
-    overrides = {k: v for k, v in (("mode", args.pooling), ("layer", args.layer), ("normalize", args.normalize),
-                                   ("truncate_dim", args.truncate_dim)) if v is not None}
+    saved = saved_embedding(args.model)  # a decoder trained by `jaxalign train`: embed as it was trained
+    overrides = {k: v for k, v in (("mode", args.pooling or saved.get("pooling")),
+                                   ("layer", args.layer if args.layer is not None else saved.get("layer")),
+                                   ("normalize", args.normalize), ("truncate_dim", args.truncate_dim)) if v is not None}
     pooling = dataclasses.replace(DEFAULT_POOLING, **overrides)
     tp = None
     if args.token_prepending:
         start, exit_ = TP_DEFAULTS.get(decoder.config.model_type, TP_DEFAULTS["llama"])
         tp = (start if args.tp_start is None else args.tp_start, exit_ if args.tp_exit is None else args.tp_exit)
-    return PromptEmbedder(decoder, args.prompt or "prompteol", pooling, token_prepending=tp,
+    return PromptEmbedder(decoder, args.prompt or saved.get("prompt") or "prompteol", pooling, token_prepending=tp,
                           batch_size=args.batch_size, max_length=args.max_length, mesh=mesh)
 
 
@@ -377,7 +380,7 @@ def cmd_merge(args) -> int:
         search = _self_positioning(args, base_dir, model_dirs)
 
     base = read_tensors(base_dir)
-    floating = sorted(k for k, v in base.items() if np.issubdtype(v.dtype, np.floating))
+    floating = sorted(k for k, v in base.items() if jnp.issubdtype(v.dtype, jnp.floating))  # bfloat16 too
     if search is not None:  # the angle the search saw: over the tensors the encoder loads (no MLM heads)
         from fnmatch import fnmatch
 

@@ -283,8 +283,8 @@ def test_errors(checkpoints, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def tiny_decoder(directory, tokenizer_dir, seed):
-    """A one-layer Llama of width 8 with MiniLM's tokenizer, random weights (HF names, float32)."""
+def tiny_decoder(directory, tokenizer_dir, seed, dtype=np.float32):
+    """A one-layer Llama of width 8 with MiniLM's tokenizer, random weights (HF names, ``dtype``)."""
     directory.mkdir()
     for f in tokenizer_dir.iterdir():
         if f.name.startswith(("tokenizer", "vocab", "special_tokens")):
@@ -300,7 +300,7 @@ def tiny_decoder(directory, tokenizer_dir, seed):
                   ("mlp.gate_proj.weight", (16, 8)), ("mlp.up_proj.weight", (16, 8)), ("mlp.down_proj.weight", (8, 16)),
                   ("input_layernorm.weight", (8,)), ("post_attention_layernorm.weight", (8,)))}}
     rng = np.random.default_rng(seed)
-    save_file({k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}, str(directory / "model.safetensors"))
+    save_file({k: rng.normal(size=s).astype(dtype) for k, s in shapes.items()}, str(directory / "model.safetensors"))
     return directory
 
 
@@ -317,3 +317,23 @@ def test_cli_merges_decoders(checkpoints, tmp_path):
     assert "self-positioning searches through an encoder" in error_of(
         "--base", base, "--models", model, model, "--method", "self-positioning", "--output", tmp_path / "sp")
 
+
+
+def test_bfloat16_checkpoints_merge_in_float32_and_stay_bfloat16(checkpoints, tmp_path):
+    """Published LLM checkpoints are mostly bfloat16, which NumPy lacks: read through ml_dtypes,
+    merged in float32, written back as bfloat16 that torch reads."""
+    import ml_dtypes
+    from safetensors.torch import load_file
+
+    from jaxalign.models.decoders import load_decoder
+
+    _, encoder_base, _ = checkpoints
+    base, model = (tiny_decoder(tmp_path / name, encoder_base, seed, ml_dtypes.bfloat16)
+                   for seed, name in enumerate(("base", "ft")))
+    assert cli("--base", base, "--models", model, "--method", "average", "--scale", 0.5, "--output", tmp_path / "m") == 0
+    written = load_file(str(tmp_path / "m" / "model.safetensors"))
+    assert {str(t.dtype) for t in written.values()} == {"torch.bfloat16"}
+    b, m = (jax.device_get(load_decoder(d).params) for d in (base, model))
+    merged = jax.device_get(load_decoder(tmp_path / "m").params)
+    exact = jax.tree.map(lambda y, z: (y + 0.5 * (z - y)).astype(ml_dtypes.bfloat16).astype(np.float32), b, m)
+    jax.tree.map(lambda x, y: np.testing.assert_array_equal(x, y), merged, exact)

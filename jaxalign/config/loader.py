@@ -218,13 +218,17 @@ def describe_options(cls, prefix: str = "") -> list[tuple[str, str | None, str]]
 
 
 def parse_overrides(overrides: Sequence[str]) -> dict:
-    """``["optim.lr=1e-5", "data.batch_size=32"]`` -> nested dict (values parsed as YAML scalars)."""
+    """``["optim.lr=1e-5", "data.batch_size=32"]`` -> nested dict (values parsed as YAML scalars;
+    a value that is no YAML, such as a prompt template with quotes and colons, stays a string)."""
     out: dict = {}
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r}: expected key=value, e.g. optim.lr=1e-5")
-        value = yaml.safe_load(raw) if raw else ""
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            value = raw
         node = out
         parts = key.split(".")
         for p in parts[:-1]:

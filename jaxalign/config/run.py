@@ -50,7 +50,15 @@ class ModelConfig:
     Attributes:
       name: a packaged name (all-MiniLM-L6-v2, SmolLM2-135M-Instruct), a HF directory or .gguf
       dtype: compute dtype; master weights stay float32
-      pooling: default: the checkpoint's sentence-transformers pooling
+      pooling: default: the checkpoint's sentence-transformers pooling; decoders: last (the
+        prompt's last token) or mean
+      layer: the hidden state pooled (transformers' hidden_states index: 0 embeddings, n the
+        output of layer n, -1 the last (decoders: final-normed)); null: the checkpoint's
+        pooling layer (decoders: -1)
+      prompt: decoders trained as sentence encoders: the prompt each sentence is put in
+        (prompteol, pcot, ke, or a template with the placeholder *sent 0*); null: prompteol
+      embedding_dropout: decoders (no dropout of their own): dropout rate on the input
+        embeddings in training, the noise of unsupervised SimCSE's views
       max_length: tokens per sequence (preference: prompt + completion)
       num_layers: keep only the first n transformer layers (small CPU recipes)
       dropout: the checkpoint's dropout rates in training (SimCSE needs them); false:
@@ -67,6 +75,9 @@ class ModelConfig:
     name: str = "all-MiniLM-L6-v2"
     dtype: Literal["float32", "bfloat16"] = "float32"
     pooling: str | None = None
+    layer: int | None = None
+    prompt: str | None = None
+    embedding_dropout: float = 0.0
     max_length: int = 32
     num_layers: int | None = None
     dropout: bool = True
@@ -77,6 +88,7 @@ class ModelConfig:
     def __post_init__(self):
         _check(self.max_length >= 4, f"model.max_length={self.max_length}: must be >= 4")
         _check(self.num_layers is None or self.num_layers >= 1, "model.num_layers: must be >= 1 or null")
+        _check(0 <= self.embedding_dropout < 1, f"model.embedding_dropout={self.embedding_dropout}: must be in [0, 1)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -319,10 +331,6 @@ class TrainConfig:
                   else f"data.kind to one of {', '.join(obj.data_kinds)}")
                + ("" if preference or self.data.kind not in PREFERENCE_DATA else
                   "; preference data needs a preference objective: " + ", ".join(PREFERENCE_OBJECTIVES)))
-        _check(self.model.remat == "none" or preference,
-               f"model.remat={self.model.remat}: rematerialisation is implemented for decoders (preference objectives)")
-        _check(self.model.lora.rank == 0 or preference,
-               "model.lora.rank > 0: LoRA is implemented for decoders (preference objectives)")
         if not preference:
             return
         reference = getattr(obj, "reference", None)

@@ -12,15 +12,10 @@ import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import jax
 import numpy as np
 from scipy.stats import spearmanr
 
 from jaxalign.data.sts import StsTask
-from jaxalign.inference.embed import Embedder
-from jaxalign.models.registry import Encoder
-from jaxalign.ops.pooling import PoolingConfig
-from jaxalign.sharding.mesh import batch_parallel_size
 
 EmbedFn = Callable[[list[str]], np.ndarray]
 
@@ -73,16 +68,12 @@ def evaluate_sts(embed: EmbedFn, tasks: Sequence[StsTask]) -> list[TaskResult]:
 
 class StsEvaluator:
     """Periodic STS evaluation of an encoder being trained: Spearman x 100 of each task's ``all``,
-    averaged over ``tasks``, with unnormalised ``pooling`` (cosine normalises anyway) and global
-    batches of ``batch_size`` rounded down to the mesh's data-parallel shards."""
+    averaged over ``tasks``. ``embedder(sentences, params=...)`` embeds with the parameters being
+    trained: an :class:`Embedder`, or a decoder's prompt-based embedder."""
 
-    def __init__(self, encoder: Encoder, pooling: PoolingConfig, tasks: Sequence[StsTask], *,
-                 mesh: jax.sharding.Mesh, batch_size: int, max_length: int):
+    def __init__(self, embedder: Callable[..., np.ndarray], tasks: Sequence[StsTask]):
         self.tasks = list(tasks)
-        shards = batch_parallel_size(mesh)
-        self.embedder = Embedder(encoder, dataclasses.replace(pooling, normalize=False),
-                                 batch_size=batch_size - batch_size % shards or shards, max_length=max_length,
-                                 mesh=mesh)
+        self.embedder = embedder
 
     def __call__(self, encoder_params) -> float:
         results = evaluate_sts(lambda s: self.embedder(s, params=encoder_params), self.tasks)

@@ -18,18 +18,23 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
 from jaxalign.inference.embed import DEFAULT_BUCKETS, Embedder
+from jaxalign.models.bert.model import EncoderOutput
 from jaxalign.models.decoders import Decoder
 from jaxalign.models.llama.model import TokenPrepending
 from jaxalign.ops.pooling import PoolingConfig, matryoshka, pool
 
 SENTENCE = "*sent 0*"
+EMBEDDING_CONFIG = "embedding.json"  # a trained decoder sentence encoder's prompt, pooling and layer
 PST = "<PST>"
 _EOL = f'this sentence : {PST} "{SENTENCE}"'
 PROMPTS: dict[str, tuple[str, ...]] = {
@@ -114,6 +119,14 @@ def with_pst_token(tokenizer) -> tuple[object, int]:
     return tok, int(pst)
 
 
+def saved_embedding(model: str | Path) -> dict:
+    """``{"prompt", "pooling", "layer"}`` of a decoder trained as a sentence encoder (its export
+    directory's ``embedding.json``), or ``{}``: the defaults ``jaxalign embed`` and ``eval sts``
+    take for it, so a trained model embeds as it was trained."""
+    path = Path(model).expanduser() / EMBEDDING_CONFIG
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def absolute_layer(layer: int, depth: int) -> int:
     """``transformers``' ``hidden_states`` index (0 embeddings, i the raw output of layer i, ``depth``
     the final-normed output; negative from the end) as 0..depth."""
@@ -135,6 +148,88 @@ def prompt_encode_fn(decoder: Decoder, pooling: PoolingConfig, output_layer: int
         return pool((h,), attention_mask, flat)
 
     return f
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptEncoder:
+    """A decoder behind one prompt template, seen as a sentence encoder by the contrastive
+    objectives (the ``Encoder`` interface: ``apply``, ``config``, ``params``, ``axes``,
+    ``tokenizer``, ``pooling``, ``max_length``), as PromptEOL fine-tuning trains it (Jiang et
+    al., 2023, arXiv 2307.16645: the prompt around each sentence, the last token's state).
+
+    Texts reach it already rendered (:meth:`render`); ``apply`` returns the states of layer
+    ``output_layer`` (0..L, ``transformers``' ``hidden_states`` index, L the final-normed output)
+    as ``last_hidden_state``, so a pooling of layer -1 pools that layer. A decoder has no
+    dropout of its own: ``embedding_dropout`` > 0 drops input-embedding entries when a dropout
+    key is given, the noise unsupervised SimCSE's two views need.
+    """
+
+    decoder: Decoder
+    template: str
+    output_layer: int
+    pooling: PoolingConfig
+    embedding_dropout: float = 0.0
+
+    @classmethod
+    def build(cls, decoder: Decoder, prompt: str, pooling: PoolingConfig, *, embedding_dropout: float = 0.0
+              ) -> "PromptEncoder":
+        templates = prompt_templates(prompt, token_prepending=False)
+        if len(templates) > 1:
+            raise ValueError(f"prompt {prompt!r} averages {len(templates)} prompts' embeddings; training takes one "
+                             f"template: choose {', '.join(k for k, v in PROMPTS.items() if len(v) == 1)} or a template")
+        if pooling.mode not in POOLING_MODES:
+            raise ValueError(f"decoder pooling {pooling.mode!r}: choose {' or '.join(POOLING_MODES)}")
+        layer = absolute_layer(pooling.layer, decoder.config.num_hidden_layers)
+        return cls(decoder, templates[0], layer, dataclasses.replace(pooling, layer=-1), embedding_dropout)
+
+    @property
+    def config(self):
+        return self.decoder.config
+
+    @property
+    def params(self) -> dict:
+        return self.decoder.params
+
+    @property
+    def axes(self) -> dict:
+        return self.decoder.axes
+
+    @property
+    def tokenizer(self):
+        return self.decoder.tokenizer
+
+    @property
+    def max_length(self) -> int:
+        return self.decoder.max_length
+
+    @property
+    def transformers_layer(self) -> int:
+        """:attr:`output_layer` as a pooling layer index for :class:`PromptEmbedder`."""
+        depth = self.decoder.config.num_hidden_layers
+        return -1 if self.output_layer == depth else self.output_layer
+
+    def render(self, sentence: str) -> str:
+        return render(self.template, sentence)
+
+    def apply(self, params: dict, input_ids: jax.Array, attention_mask: jax.Array, token_type_ids=None, *,
+              dropout_rng: jax.Array | None = None, output_hidden_states: bool = False) -> EncoderOutput:
+        if output_hidden_states:
+            raise ValueError("a decoder sentence encoder gives one layer's states; poolings over several layers "
+                             "and objective.name=2dmse are for encoders")
+        embeds = None
+        if dropout_rng is not None and self.embedding_dropout > 0:
+            table = params["embed"]["embedding"]
+            x = jnp.take(table, input_ids, axis=0)
+            keep = jax.random.bernoulli(dropout_rng, 1.0 - self.embedding_dropout, x.shape)
+            embeds = jnp.where(keep, x / (1.0 - self.embedding_dropout), 0).astype(x.dtype)
+        h = self.decoder.hidden(params, input_ids, attention_mask, output_layer=self.output_layer, inputs_embeds=embeds)
+        return EncoderOutput(h, None, None)
+
+    def embedder(self, *, batch_size: int, max_length: int | None = None, mesh: Mesh | None = None) -> "PromptEmbedder":
+        """The :class:`PromptEmbedder` that embeds as this encoder trains (unnormalised)."""
+        pooling = dataclasses.replace(self.pooling, layer=self.transformers_layer, normalize=False, truncate_dim=None)
+        return PromptEmbedder(self.decoder, self.template, pooling, batch_size=batch_size, max_length=max_length,
+                              mesh=mesh)
 
 
 class PromptEmbedder:
@@ -186,5 +281,5 @@ class PromptEmbedder:
         return np.asarray(matryoshka(mean, self.pooling.truncate_dim, self.pooling.normalize), np.float32)
 
 
-__all__ = ["DEFAULT_POOLING", "PROMPTS", "PST", "SENTENCE", "TP_DEFAULTS", "PromptEmbedder", "absolute_layer", "preprocess",
-           "prompt_encode_fn", "prompt_templates", "render", "with_pst_token"]
+__all__ = ["DEFAULT_POOLING", "EMBEDDING_CONFIG", "PROMPTS", "PST", "SENTENCE", "TP_DEFAULTS", "PromptEmbedder", "PromptEncoder", "absolute_layer", "preprocess",
+           "prompt_encode_fn", "prompt_templates", "render", "saved_embedding", "with_pst_token"]

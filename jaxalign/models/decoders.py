@@ -140,11 +140,14 @@ class Decoder:
         *,
         output_layer: int | None = None,
         prepend: TokenPrepending | None = None,
+        inputs_embeds: jax.Array | None = None,
     ) -> jax.Array:
         """Final-normed hidden states [B, T, H] of a right- or left-padded batch (mask 1 = real);
         with ``output_layer`` n < L the raw output of layer n, with ``prepend`` under Token
-        Prepending (see ``LlamaForCausalLM.__call__``)."""
-        return self.module(params)(input_ids, attention_mask, output_layer=output_layer, prepend=prepend)[0]
+        Prepending, from ``inputs_embeds`` [B, T, H] instead of the ids' embeddings when given
+        (see ``LlamaForCausalLM.__call__``)."""
+        return self.module(params)(input_ids, attention_mask, output_layer=output_layer, prepend=prepend,
+                                   inputs_embeds=inputs_embeds)[0]
 
     def unembed_kernel(self, params: dict) -> jax.Array:
         """The [H, V] LM head: the transposed embedding when tied, else ``lm_head.kernel``."""

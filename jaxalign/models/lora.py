@@ -23,6 +23,8 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from jaxalign.config.run import LoraConfig
+from jaxalign.models.decoders import Decoder
+from jaxalign.models.llama import weights as llama_weights
 from jaxalign.weights.loader import ParamRule, flatten, unflatten
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -62,6 +64,13 @@ def init_lora(base: dict, base_axes: dict, modules: dict[str, str], rank: int, k
         in_axis, out_axis = flat_axes[path]
         axes[path] = {"a": (in_axis, None), "b": (None, out_axis)}
     return lora, axes
+
+
+def decoder_adapters(decoder: Decoder, cfg: LoraConfig, key: jax.Array) -> tuple[dict[str, str], dict, dict]:
+    """A decoder's LoRA layout: (kernel path -> checkpoint module, adapters, their logical axes)."""
+    modules = target_modules(llama_weights.RULES, decoder.config.num_hidden_layers, decoder.params, cfg.targets)
+    adapters, axes = init_lora(decoder.params, decoder.axes, modules, cfg.rank, key)
+    return modules, adapters, axes
 
 
 def apply_lora(base: dict, lora: dict, scale: float) -> dict:

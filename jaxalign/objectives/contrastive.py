@@ -8,6 +8,11 @@ An objective is two pure functions, split so that GradCache can cache between th
   ``[C*V, L+1, B, D]`` for 2D Matryoshka, which pools every layer;
 * ``loss(head_params, E, batch, rng) -> (loss, metrics)``.
 
+The encoder is a BERT-family :class:`~jaxalign.models.registry.Encoder` or a decoder behind a
+prompt (:class:`~jaxalign.inference.prompt_embed.PromptEncoder`); its parameters are trained
+whole (``params["encoder"]``) or through LoRA adapters over a frozen base (``params["lora"]``,
+``frozen["base"]``).
+
 The batch is the *global* batch: inside ``jax.jit`` with sharded inputs, the similarity
 matrices span every shard and gradients reach every shard, so in-batch negatives are
 the same on any mesh.
@@ -22,10 +27,12 @@ import jax
 import jax.numpy as jnp
 
 from jaxalign.config.objectives import ContrastiveConfig
+from jaxalign.inference.prompt_embed import PromptEncoder
 from jaxalign.losses.contrastive import angle, cosent, info_nce
 from jaxalign.losses.distill import dse_loss, dse_pair_features
 from jaxalign.losses.matryoshka import matryoshka_2d_loss, matryoshka_loss
 from jaxalign.losses.whitening import multi_view_sgw
+from jaxalign.models.lora import apply_lora
 from jaxalign.models.registry import Encoder
 from jaxalign.objectives import heads
 from jaxalign.ops.pooling import PoolingConfig, pool
@@ -37,10 +44,11 @@ TEXT_COLUMNS = {"sentences": 1, "nli": 3, "pairs": 2}
 class ContrastiveObjective:
     cfg: ContrastiveConfig
     data_kind: str
-    encoder: Encoder
+    encoder: Encoder | PromptEncoder
     pooling: PoolingConfig
     dropout: bool = True
     num_shards: int = 1  # data-parallel shards, for per-shard whitening statistics
+    lora_scale: float | None = None  # alpha / rank when training LoRA adapters
 
     def __post_init__(self):
         name = self.cfg.name
@@ -55,6 +63,14 @@ class ContrastiveObjective:
                 raise ValueError(f"objective.matryoshka_dims {bad} are outside 1..{self.dim} (the embedding size)")
         if name == "2dmse" and self.encoder.config.num_hidden_layers < 2:
             raise ValueError("objective.name=2dmse samples a layer below the last: the model needs >= 2 layers")
+        if isinstance(self.encoder, PromptEncoder):
+            if self.all_layers or self.pooling.needs_all_layers:
+                raise ValueError(f"objective.name={name} with pooling {self.pooling.mode} (layer {self.pooling.layer}) "
+                                 "pools several layers: for encoders only; a decoder pools last or mean of one layer")
+            if self.views > 1 and self.data_kind == "sentences" and not (self.dropout and self.encoder.embedding_dropout):
+                raise ValueError(f"objective.name={name} on single sentences contrasts dropout views, and a decoder has "
+                                 "no dropout of its own: set model.embedding_dropout > 0 (and model.dropout: true), "
+                                 "or train on nli or pairs data")
 
     @property
     def dim(self) -> int:
@@ -101,6 +117,12 @@ class ContrastiveObjective:
         if self.cfg.name == "whitenedcse" or getattr(self.cfg, "head", "none") == "mlp":
             return heads.init_mlp_head(key, self.dim)
         return {}, {}
+
+    def encoder_params(self, params: dict, frozen: dict | None) -> dict:
+        """The encoder's parameters: trained whole, or the frozen base with the adapters applied."""
+        if "lora" in params:
+            return apply_lora(frozen["base"], params["lora"], self.lora_scale)
+        return params["encoder"]
 
     def embed(self, params, input_ids: jax.Array, attention_mask: jax.Array, rng: jax.Array | None) -> jax.Array:
         """[C, B, T] tokens -> [C*V, B, D] (or [C*V, L+1, B, D]) float32 embeddings, one forward."""
@@ -171,12 +193,13 @@ class ContrastiveObjective:
 
 
 def loss_fn(objective: ContrastiveObjective) -> Callable:
-    """``(params, batch, rng, frozen) -> (loss, metrics)`` with ``params = {"encoder", "head"}``
-    (nothing is frozen: ``frozen`` is accepted for the engine's signature and unused)."""
+    """``(params, batch, rng, frozen) -> (loss, metrics)`` with ``params = {"encoder" | "lora",
+    "head"}`` (``frozen = {"base"}`` under LoRA)."""
 
     def f(params, batch, rng, frozen=None):
         k_embed, k_loss = jax.random.split(rng)
-        e = objective.embed(params["encoder"], batch["input_ids"], batch["attention_mask"], k_embed)
+        e = objective.embed(objective.encoder_params(params, frozen), batch["input_ids"], batch["attention_mask"],
+                            k_embed)
         return objective.loss(params["head"], e, batch, k_loss)
 
     return f
@@ -203,8 +226,10 @@ def cached_value_and_grad(objective: ContrastiveObjective, chunk: int) -> Callab
         k_embed, k_loss = jax.random.split(rng)
         split = lambda x: x.reshape(c, chunk, n, t).transpose(2, 0, 1, 3)  # [n, C, chunk, T]
         xs = (split(ids), split(mask), jax.random.split(k_embed, n))
-        embed = lambda p, i, m, k: objective.embed(p, i, m, k)  # -> [..., chunk, D]
-        cached = jax.lax.map(lambda a: jax.lax.stop_gradient(embed(params["encoder"], *a)), xs)
+        # Differentiated: everything but the head (the whole encoder, or LoRA adapters).
+        trainable = {k: v for k, v in params.items() if k != "head"}
+        embed = lambda p, i, m, k: objective.embed(objective.encoder_params(p, frozen), i, m, k)  # -> [..., chunk, D]
+        cached = jax.lax.map(lambda a: jax.lax.stop_gradient(embed(trainable, *a)), xs)
         e = jnp.moveaxis(cached, 0, -2)  # [..., chunk, n, D]
         e = e.reshape(*e.shape[:-3], b, e.shape[-1])
         (loss, metrics), (g_head, g_e) = jax.value_and_grad(objective.loss, argnums=(0, 1), has_aux=True)(
@@ -213,11 +238,11 @@ def cached_value_and_grad(objective: ContrastiveObjective, chunk: int) -> Callab
 
         def accumulate(total, a):
             i, m, k, g = a
-            _, pullback = jax.vjp(lambda p: embed(p, i, m, k), params["encoder"])
+            _, pullback = jax.vjp(lambda p: embed(p, i, m, k), trainable)
             return jax.tree.map(jnp.add, total, pullback(g)[0]), None
 
-        zeros = jax.tree.map(jnp.zeros_like, params["encoder"])
-        g_encoder, _ = jax.lax.scan(accumulate, zeros, (*xs, g_chunks))
-        return (loss, metrics), {"encoder": g_encoder, "head": g_head}
+        zeros = jax.tree.map(jnp.zeros_like, trainable)
+        g_trainable, _ = jax.lax.scan(accumulate, zeros, (*xs, g_chunks))
+        return (loss, metrics), {**g_trainable, "head": g_head}
 
     return value_and_grad

@@ -27,7 +27,6 @@ from jaxalign.eval.preference import PreferenceEvaluator
 from jaxalign.models import lora as lora_lib
 from jaxalign.models.decoders import Decoder, load_decoder
 from jaxalign.models.export import export_decoder
-from jaxalign.models.llama import weights as llama_weights
 from jaxalign.objectives.preference import BATCH_AXES, TEACHERS, PreferenceObjective
 from jaxalign.tasks import precomputed
 
@@ -85,10 +84,8 @@ class PreferenceTask:
 
         lora_modules = None
         if cfg.model.lora.rank:
-            lora_modules = lora_lib.target_modules(llama_weights.RULES, decoder.config.num_hidden_layers,
-                                                   decoder.params, cfg.model.lora.targets)
-            adapters, adapter_axes = lora_lib.init_lora(decoder.params, decoder.axes, lora_modules,
-                                                        cfg.model.lora.rank, jax.random.PRNGKey(cfg.seed + 1))
+            lora_modules, adapters, adapter_axes = lora_lib.decoder_adapters(decoder, cfg.model.lora,
+                                                                             jax.random.PRNGKey(cfg.seed + 1))
             params, param_axes = {"lora": adapters}, {"lora": adapter_axes}
             frozen, frozen_axes = {"base": decoder.params}, {"base": decoder.axes}
         else:

@@ -2,7 +2,10 @@
 
 Handles a single ``model.safetensors`` and sharded checkpoints described by
 ``model.safetensors.index.json``. Tensors are never read whole unless asked: loaders
-request the slice each device needs (see :mod:`jaxalign.weights.loader`).
+request the slice each device needs (see :mod:`jaxalign.weights.loader`). Dtypes NumPy lacks
+(``BF16``, the most common dtype of published LLM checkpoints, and the float8 kinds), which
+``safetensors``' NumPy reader refuses, are read from a memory map of the file as
+``ml_dtypes`` arrays, still slice by slice.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 from safetensors import safe_open
 
@@ -18,6 +22,7 @@ class CheckpointError(ValueError):
     """A checkpoint directory that is missing files or tensors, or holds the wrong ones."""
 
 
+NUMPY_LACKS = {"BF16": ml_dtypes.bfloat16, "F8_E4M3": ml_dtypes.float8_e4m3fn, "F8_E5M2": ml_dtypes.float8_e5m2}
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 
@@ -70,7 +75,21 @@ class SafetensorsCheckpoint:
 
     def read(self, name: str, index: tuple[slice, ...] | None = None) -> np.ndarray:
         """Reads tensor ``name`` or just ``index`` (a tuple of slices) of it."""
-        view = self._open(self._file_of[name]).get_slice(name)
+        path = self._file_of[name]
+        view = self._open(path).get_slice(name)
         if index is None:
             index = tuple(slice(None) for _ in view.get_shape())
+        if view.get_dtype() in NUMPY_LACKS:
+            return np.asarray(self._memory_map(path, name)[index])
         return np.asarray(view[index])
+
+    def _memory_map(self, path: Path, name: str) -> np.ndarray:
+        """Tensor ``name`` of file ``path`` as a read-only memory map: the file is an 8-byte
+        little-endian header size, a JSON header of ``{name: {dtype, shape, data_offsets}}`` and
+        the data, offsets counted from the header's end."""
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            entry = json.loads(f.read(size))[name]
+        start, end = entry["data_offsets"]
+        raw = np.memmap(path, np.uint8, mode="r", offset=8 + size + start, shape=(end - start,))
+        return raw.view(NUMPY_LACKS[entry["dtype"]]).reshape(entry["shape"])

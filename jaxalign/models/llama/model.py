@@ -260,6 +260,7 @@ class LlamaForCausalLM(nnx.Module):
         cache: KVCache | None = None,
         output_layer: int | None = None,
         prepend: TokenPrepending | None = None,
+        inputs_embeds: jax.Array | None = None,
         segment_ids: jax.Array | None = None,
     ) -> tuple[jax.Array, KVCache | None]:
         """Final-normed hidden states [B, T, H] (and the updated cache).
@@ -273,8 +274,10 @@ class LlamaForCausalLM(nnx.Module):
         only the first n layers; n = L is the final-normed output. ``prepend``: Token
         Prepending (whole batches only); a layer's input is replaced before the layer runs, and
         the output at ``output_layer`` n carries layer n's replacement, as the reference's
-        in-place write does. ``segment_ids`` [B, T]: packed sequences (whole batches only), a
-        token attends only within its segment (pass each segment's ``positions`` too).
+        in-place write does. ``inputs_embeds`` [B, T, H] replaces the embedding lookup of
+        ``input_ids`` (as in ``transformers``), e.g. to apply dropout to it. ``segment_ids``
+        [B, T]: packed sequences (whole batches only), a token attends only within its segment
+        (pass each segment's ``positions`` too).
         """
         b, t = input_ids.shape
         depth = len(self.layers)
@@ -287,7 +290,10 @@ class LlamaForCausalLM(nnx.Module):
         if cache is not None and (prepend is not None or output_layer is not None or segment_ids is not None):
             raise ValueError("output_layer, token prepending and segment_ids run on whole batches, not with a "
                              "key/value cache")
-        x = self.embed(input_ids) if prepend is None else prepend.embed(self.embed, input_ids)
+        if inputs_embeds is not None:
+            x = inputs_embeds.astype(self.dtype or inputs_embeds.dtype)
+        else:
+            x = self.embed(input_ids) if prepend is None else prepend.embed(self.embed, input_ids)
         x = constrain(x, ACTIVATION_AXES)
         last = None if prepend is None else last_index(attention_mask)
         cos, sin = self.rope(positions)
