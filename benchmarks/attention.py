@@ -15,7 +15,8 @@ how much of a training step attention is.
 
 Timing: each kernel compiles and runs once untimed, then ``--repeats`` calls interleaved across
 kernels (the order reversing every round, ``jaxalign.benchmarking.interleave``), so that load
-from other jobs falls on all alike; the median is reported with the ratio einsum / kernel.
+from other jobs falls on all alike; the median and the minimum are reported with the ratios
+einsum / kernel (on shared cores the minimum is the steadier of the two).
 Before timing, every kernel's loss and gradients must match the reference's to ``PARITY``
 (relative to each array's largest entry), or the run exits with status 1; the loss weighs real
 tokens only, so kernels that attend among padding (cudnn, splash) compare alike.
@@ -164,19 +165,19 @@ def table(title: str, rows: list[dict], kernels: list[str], label: str):
     out = Table(title=title)
     out.add_column(label, justify="right")
     for name in kernels:
-        out.add_column(f"{name} ms", justify="right")
+        out.add_column(f"{name} ms median (min)", justify="right")
         if name != "einsum":
-            out.add_column(f"einsum / {name}", justify="right")
+            out.add_column(f"einsum / {name} median (min)", justify="right")
         out.add_column(f"{name} temp MiB", justify="right")
     out.add_column("max rel. diff vs einsum", justify="right")
     for row in rows:
         cells = [str(row[label])]
-        ref = statistics.median(row["times_s"]["einsum"])
+        ref = row["times_s"]["einsum"]
         for name in kernels:
-            t = statistics.median(row["times_s"][name])
-            cells.append(f"{t * 1e3:.1f}")
+            t = row["times_s"][name]
+            cells.append(f"{statistics.median(t) * 1e3:.1f} ({min(t) * 1e3:.1f})")
             if name != "einsum":
-                cells.append(f"{ref / t:.2f}x")
+                cells.append(f"{statistics.median(ref) / statistics.median(t):.2f}x ({min(ref) / min(t):.2f}x)")
             cells.append(f"{row['temp_bytes'][name] / 2**20:.0f}")
         cells.append(f"{max(row['parity'].values()):.1e}")
         out.add_row(*cells)

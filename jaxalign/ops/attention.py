@@ -149,6 +149,8 @@ def unsupported(implementation: str, q: jax.Array, k: jax.Array, mask: Attention
             return f"cuDNN flash attention needs bfloat16 or float16, not {q.dtype}"
         if d % 8 or d > 128:
             return f"cuDNN flash attention needs a head dim that is a multiple of 8 up to 128, not {d}"
+        if (mask.key_mask is not None or mask.q_segments is not None) and (t % 2 or k.shape[1] % 2):
+            return f"cuDNN flash attention with padding or segments needs even lengths, not {t} x {k.shape[1]}"
     if implementation == "splash":
         s = k.shape[1]
         if t != s or t % SPLASH_BLOCK:
