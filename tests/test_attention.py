@@ -137,14 +137,16 @@ def test_auto_picks_the_backends_kernel_and_warns_once_when_it_cannot(caplog):
     assert attn.select("auto", q16, k16, cache, backend="gpu") == "xla"
     assert attn.select("auto", q16, k16, mask, backend="gpu", dropout=True) == "einsum"
     q128, k128, _ = qkv(t=128)
-    assert attn.select("auto", q128, k128, mask, backend="tpu") == "splash"
+    with jax.set_mesh(make_mesh(MeshConfig(8, 1, 1))):
+        assert attn.select("auto", q128, k128, mask, backend="tpu") == "splash"
     with caplog.at_level(logging.WARNING, logger="jaxalign.ops.attention"):
         for _ in range(3):
             assert attn.select("auto", q32, k32, mask, backend="gpu") == "xla"
             assert attn.select("auto", q32, k32, mask, backend="tpu") == "xla"
+            assert attn.select("auto", q128, k128, mask, backend="tpu") == "xla"  # 8 devices, no mesh set
     messages = [r.getMessage() for r in caplog.records]
-    assert len(messages) == 2, messages
-    assert "bfloat16" in messages[0] and "multiple of 128" in messages[1]
+    assert len(messages) == 3, messages
+    assert "bfloat16" in messages[0] and "multiple of 128" in messages[1] and "jax.set_mesh" in messages[2]
 
 
 def test_explicit_kernel_the_backend_lacks_fails_naming_the_alternatives():

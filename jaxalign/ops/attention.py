@@ -22,8 +22,8 @@ array, so that each kernel gets it in the form it runs fastest:
   segment ids (padding as segment 0, as for ``cudnn``). Sequences must be multiples of 128.
 
 ``auto`` picks ``cudnn`` on GPU, ``splash`` on TPU and ``xla`` elsewhere; a call that kernel
-cannot take (float32 on GPU, a length that is no multiple of 128 on TPU) runs through ``xla``
-with one warning per reason. Dropout on the probabilities runs through ``einsum``. A cache
+cannot take (float32 on GPU, a length that is no multiple of 128 on TPU, several TPUs outside
+``jax.set_mesh``) runs through ``xla`` with one warning per reason. Dropout on the probabilities runs through ``einsum``. A cache
 step (a few new queries against the cache, ``q_offset`` set) always runs through ``xla``: it
 is a matrix-vector product the fused kernels do not speed up and their masks are static.
 
@@ -155,6 +155,8 @@ def unsupported(implementation: str, q: jax.Array, k: jax.Array, mask: Attention
         s = k.shape[1]
         if t != s or t % SPLASH_BLOCK:
             return f"splash attention needs self-attention over a multiple of {SPLASH_BLOCK} tokens, not {t} x {s}"
+        if jax.device_count() > 1 and jax.sharding.get_abstract_mesh().empty:
+            return "splash attention on several devices runs only inside jax.set_mesh (it is shard_mapped over it)"
     return None
 
 
