@@ -40,8 +40,8 @@ def padding(lengths, t, side):
 
 
 def masks(t):
-    """Every mask kind over T = S = t tokens, for 3 rows (row 2 of the left-padded batch has
-    queries with no visible key)."""
+    """Every mask kind over T = S = t tokens, for 3 rows (the left-padded rows 1 and 2 begin
+    with queries that see no key)."""
     right, left = padding([t, t - 3, 5], t, "right"), padding([t, t - 3, 5], t, "left")
     seg = jnp.asarray(np.stack([np.arange(t) >= t // 2, np.arange(t) >= 3, np.arange(t) >= t - 4]), jnp.int32)
     return {
