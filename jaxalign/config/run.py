@@ -67,6 +67,9 @@ class ModelConfig:
       remat: decoders: recompute each layer in the backward pass (full) or all but its matmuls
         (dots), keeping only layer inputs: activation memory for compute, as MaxText's remat
         policies
+      attention: attention kernel: auto: cuDNN flash attention on GPU (bfloat16), Pallas splash
+        on TPU, else xla; xla: jax.nn.dot_product_attention; cudnn, splash: those kernels (an
+        error where the backend lacks them); einsum: the plain reference
     """
 
     name: str = "all-MiniLM-L6-v2"
@@ -80,6 +83,7 @@ class ModelConfig:
     dropout: bool = True
     lora: LoraConfig = LoraConfig()
     remat: Literal["none", "full", "dots"] = "none"
+    attention: Literal["auto", "xla", "cudnn", "splash", "einsum"] = "auto"
 
     def __post_init__(self):
         _check(self.max_length >= 4, f"model.max_length={self.max_length}: must be >= 4")

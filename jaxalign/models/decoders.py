@@ -194,6 +194,7 @@ def load_decoder(
     num_layers: int | None = None,
     remat: str = "none",
     ignore: tuple[str, ...] = (),
+    attention: str = "auto",
 ) -> Decoder:
     """Loads a decoder checkpoint (and its tokenizer) for compute in ``dtype``.
 
@@ -202,6 +203,7 @@ def load_decoder(
     ``remat``: ``none``, ``full`` or ``dots``, the layers' rematerialisation in training.
     ``ignore``: fnmatch patterns of further checkpoint tensors to leave unread (a task head
     such as a reward model's ``score.weight``).
+    ``attention``: the attention kernel (``jaxalign.ops.attention.IMPLEMENTATIONS``).
     """
     path = resolve_decoder_path(name_or_path)
     if path.suffix == ".gguf":
@@ -233,7 +235,8 @@ def load_decoder(
     if num_layers is not None:
         config = config.truncated(num_layers)
     graphdef, state, params, axes = load_module(
-        lambda: LlamaForCausalLM(config, dtype=dtype, param_dtype=param_dtype, remat=remat, rngs=nnx.Rngs(0)),
+        lambda: LlamaForCausalLM(config, dtype=dtype, param_dtype=param_dtype, remat=remat, attention=attention,
+                                 rngs=nnx.Rngs(0)),
         checkpoint, llama_weights.RULES, num_layers=config.num_hidden_layers, mesh=mesh, dtype=param_dtype,
         prefixes=llama_weights.PREFIXES, ignore=ignore)
     if isinstance(checkpoint, GGUFCheckpoint):

@@ -141,12 +141,14 @@ def load_encoder(
     dtype=jnp.float32,
     param_dtype=jnp.float32,
     num_layers: int | None = None,
+    attention: str = "auto",
 ) -> Encoder:
     """Loads an encoder checkpoint (and its tokenizer) for compute in ``dtype``.
 
     With ``mesh``, each parameter is created directly in its sharding over that mesh.
     ``num_layers`` keeps only the first n transformer layers (a cheap smaller model for
-    CPU experiments); the other layers' tensors are never read.
+    CPU experiments); the other layers' tensors are never read. ``attention``: the attention
+    kernel (``jaxalign.ops.attention.IMPLEMENTATIONS``).
     """
     path = resolve_model_path(name_or_path)
     hf = read_json(path / "config.json")
@@ -163,7 +165,7 @@ def load_encoder(
     if num_layers is not None:
         config = dataclasses.replace(config, num_hidden_layers=num_layers)
     graphdef, state, params, axes = load_module(
-        lambda: BertEncoder(config, dtype=dtype, rngs=nnx.Rngs(0)), checkpoint, bert_weights.RULES,
+        lambda: BertEncoder(config, dtype=dtype, attention=attention, rngs=nnx.Rngs(0)), checkpoint, bert_weights.RULES,
         num_layers=config.num_hidden_layers, mesh=mesh, dtype=param_dtype, prefixes=bert_weights.PREFIXES,
         ignore=ignore)
     pooling, st_max_len = sentence_transformers_defaults(path)

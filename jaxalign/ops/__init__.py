@@ -1,1 +1,1 @@
-"""Pure functions over arrays: pooling and (later) losses' building blocks."""
+"""Pure functions over arrays: pooling, attention and (later) losses' building blocks."""

@@ -164,8 +164,9 @@ def load_sentence_encoder(cfg: TrainConfig, mesh: jax.sharding.Mesh) -> Encoder 
         if decoder_only:
             raise ValueError(f"{', '.join(decoder_only)}: for decoder models (model.name={m.name} is an encoder); "
                              "drop them, or train a decoder such as SmolLM2-135M-Instruct")
-        return load_encoder(m.name, mesh=mesh, dtype=dtype, num_layers=m.num_layers)
-    decoder = load_decoder(m.name, mesh=mesh, dtype=dtype, num_layers=m.num_layers, remat=m.remat)
+        return load_encoder(m.name, mesh=mesh, dtype=dtype, num_layers=m.num_layers, attention=m.attention)
+    decoder = load_decoder(m.name, mesh=mesh, dtype=dtype, num_layers=m.num_layers, remat=m.remat,
+                           attention=m.attention)
     pooling = PoolingConfig(mode=m.pooling or "last", layer=-1 if m.layer is None else m.layer)
     return PromptEncoder.build(decoder, m.prompt or "prompteol", pooling, embedding_dropout=m.embedding_dropout)
 

@@ -82,7 +82,7 @@ class PreferenceTask:
         obj = cfg.objective
         dtype = jnp.bfloat16 if cfg.model.dtype == "bfloat16" else jnp.float32
         decoder = load_decoder(cfg.model.name, mesh=mesh, dtype=dtype, num_layers=cfg.model.num_layers,
-                               remat=cfg.model.remat)
+                               remat=cfg.model.remat, attention=cfg.model.attention)
         kind = DATA_KIND[cfg.data.kind]
         read = lambda: load_preference(cfg.data.path, kind, cfg.data.max_examples, cfg.data.skip_examples)
         options = dict(max_prompt_length=cfg.data.max_prompt_length, max_completion_length=cfg.data.max_completion_length,

@@ -8,13 +8,13 @@ Dropout is active only with ``deterministic=False`` and takes its randomness fro
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from jaxalign.models.bert.config import BertConfig
+from jaxalign.ops.attention import AttentionMask, attention, check_available
 from jaxalign.sharding.rules import constrain
 
 ACTIVATION_AXES = ("batch", "length", "act_embed")
@@ -62,9 +62,10 @@ class Embeddings(nnx.Module):
 
 
 class SelfAttention(nnx.Module):
-    def __init__(self, cfg: BertConfig, *, dtype, rngs: nnx.Rngs):
+    def __init__(self, cfg: BertConfig, *, dtype, implementation: str = "auto", rngs: nnx.Rngs):
         h = cfg.hidden_size
         self.num_heads, self.head_dim, self.dtype = cfg.num_attention_heads, cfg.head_dim, dtype
+        self.implementation = implementation
         self.query = nnx.Linear(h, h, dtype=dtype, rngs=rngs)
         self.key = nnx.Linear(h, h, dtype=dtype, rngs=rngs)
         self.value = nnx.Linear(h, h, dtype=dtype, rngs=rngs)
@@ -72,22 +73,21 @@ class SelfAttention(nnx.Module):
         self.attention_dropout = nnx.Dropout(cfg.attention_probs_dropout_prob)
         self.dropout = nnx.Dropout(cfg.hidden_dropout_prob)
 
-    def __call__(self, x: jax.Array, bias: jax.Array, *, deterministic: bool, rngs) -> jax.Array:
-        """x [B, T, H]; bias [B, 1, 1, T] additive mask (0 keep, very negative drop)."""
+    def __call__(self, x: jax.Array, mask: AttentionMask, *, deterministic: bool, rngs) -> jax.Array:
+        """x [B, T, H]; mask: the keys each query sees (padding, segments)."""
         b, t, _ = x.shape
         split = lambda y: y.reshape(b, t, self.num_heads, self.head_dim)
         q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
-        scores = jnp.einsum("bqnd,bknd->bnqk", q, k, preferred_element_type=jnp.float32)
-        scores = scores / math.sqrt(self.head_dim) + bias
-        probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype or x.dtype)
-        probs = self.attention_dropout(probs, deterministic=deterministic, rngs=rngs)
-        context = jnp.einsum("bnqk,bknd->bqnd", probs, v).reshape(b, t, -1)
+        dropout = None
+        if not deterministic and self.attention_dropout.rate > 0:
+            dropout = lambda p: self.attention_dropout(p, deterministic=False, rngs=rngs)
+        context = attention(q, k, v, mask, implementation=self.implementation, dropout=dropout).reshape(b, t, -1)
         return self.dropout(self.output(context), deterministic=deterministic, rngs=rngs)
 
 
 class Layer(nnx.Module):
-    def __init__(self, cfg: BertConfig, *, dtype, rngs: nnx.Rngs):
-        self.attention = SelfAttention(cfg, dtype=dtype, rngs=rngs)
+    def __init__(self, cfg: BertConfig, *, dtype, attention: str = "auto", rngs: nnx.Rngs):
+        self.attention = SelfAttention(cfg, dtype=dtype, implementation=attention, rngs=rngs)
         self.attention_norm = _layer_norm(cfg, dtype, rngs)
         self.up = nnx.Linear(cfg.hidden_size, cfg.intermediate_size, dtype=dtype, rngs=rngs)
         self.down = nnx.Linear(cfg.intermediate_size, cfg.hidden_size, dtype=dtype, rngs=rngs)
@@ -95,8 +95,8 @@ class Layer(nnx.Module):
         self.dropout = nnx.Dropout(cfg.hidden_dropout_prob)
         self.act = _activation(cfg.hidden_act)
 
-    def __call__(self, x, bias, *, deterministic: bool, rngs) -> jax.Array:
-        x = self.attention_norm(x + self.attention(x, bias, deterministic=deterministic, rngs=rngs))
+    def __call__(self, x, mask: AttentionMask, *, deterministic: bool, rngs) -> jax.Array:
+        x = self.attention_norm(x + self.attention(x, mask, deterministic=deterministic, rngs=rngs))
         h = self.dropout(self.down(self.act(self.up(x))), deterministic=deterministic, rngs=rngs)
         return constrain(self.mlp_norm(x + h), ACTIVATION_AXES)
 
@@ -110,12 +110,15 @@ class Pooler(nnx.Module):
 
 
 class BertEncoder(nnx.Module):
-    """Bidirectional transformer encoder. ``dtype`` is the compute dtype (params stay float32)."""
+    """Bidirectional transformer encoder. ``dtype`` is the compute dtype (params stay float32);
+    ``attention`` the attention kernel, one of ``jaxalign.ops.attention.IMPLEMENTATIONS``."""
 
-    def __init__(self, cfg: BertConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(self, cfg: BertConfig, *, dtype=jnp.float32, attention: str = "auto", rngs: nnx.Rngs):
+        check_available(attention)
         self.config = cfg
         self.embeddings = Embeddings(cfg, dtype=dtype, rngs=rngs)
-        self.layers = nnx.List([Layer(cfg, dtype=dtype, rngs=rngs) for _ in range(cfg.num_hidden_layers)])
+        self.layers = nnx.List([Layer(cfg, dtype=dtype, attention=attention, rngs=rngs)
+                                for _ in range(cfg.num_hidden_layers)])
         self.pooler = Pooler(cfg, dtype=dtype, rngs=rngs) if cfg.with_pooler else None
 
     def position_ids(self, attention_mask: jax.Array) -> jax.Array:
@@ -135,18 +138,20 @@ class BertEncoder(nnx.Module):
         deterministic: bool = True,
         rngs: nnx.Rngs | None = None,
         output_hidden_states: bool = False,
+        segment_ids: jax.Array | None = None,
     ) -> EncoderOutput:
-        """input_ids, attention_mask, token_type_ids: [B, T] integers (mask 1 = real token)."""
+        """input_ids, attention_mask, token_type_ids: [B, T] integers (mask 1 = real token);
+        segment_ids [B, T]: packed sequences, a token attends only within its segment."""
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
         x = self.embeddings(
             input_ids, token_type_ids, self.position_ids(attention_mask), deterministic=deterministic, rngs=rngs
         )
         x = constrain(x, ACTIVATION_AXES)
-        bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
+        mask = AttentionMask(key_mask=attention_mask, q_segments=segment_ids, kv_segments=segment_ids)
         hidden = [x]
         for layer in self.layers:
-            x = layer(x, bias, deterministic=deterministic, rngs=rngs)
+            x = layer(x, mask, deterministic=deterministic, rngs=rngs)
             hidden.append(x)
         pooled = self.pooler(x[:, 0]) if self.pooler is not None else None
         return EncoderOutput(x, tuple(hidden) if output_hidden_states else None, pooled)

@@ -26,10 +26,10 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from jaxalign.models.llama.config import LlamaConfig
+from jaxalign.ops.attention import AttentionMask, attention, check_available
 from jaxalign.ops.pooling import last_index
 from jaxalign.sharding.rules import constrain
 
@@ -38,7 +38,6 @@ REMAT_POLICIES = {"full": jax.checkpoint_policies.nothing_saveable,
                   "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 LOGITS_AXES = ("batch", "length", "act_vocab")
 CACHE_AXES = ("batch", "length", None, None)
-_NEG = float(np.finfo(np.float32).min)
 
 
 def _stat_dtype(dtype):
@@ -98,7 +97,8 @@ def rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 
 
 class Attention(nnx.Module):
-    def __init__(self, cfg: LlamaConfig, layer: int, *, dtype, param_dtype, rngs: nnx.Rngs):
+    def __init__(self, cfg: LlamaConfig, layer: int, *, dtype, param_dtype, implementation: str = "auto",
+                 rngs: nnx.Rngs):
         h, n, k, d = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         lin = lambda i, o, bias: nnx.Linear(i, o, use_bias=bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)  # noqa: E731
         self.q = lin(h, n * d, cfg.attention_bias)
@@ -112,12 +112,14 @@ class Attention(nnx.Module):
             self.q_norm = self.k_norm = None
         self.num_heads, self.num_kv_heads, self.head_dim = n, k, d
         self.window = cfg.layer_window(layer)
+        self.implementation = implementation
         self.dtype = dtype
 
-    def __call__(self, x, cos, sin, kv_mask, q_slots, cache_kv=None, write_index=None):
-        """x [B, T, H]; cos/sin [B, T, D]; kv_mask [B, S] (1 = real key); q_slots [T] slot of each
-        query (keys at slots above it are in its future). With ``cache_kv=(k, v)`` ([B, S, K, D])
-        the new keys/values are written at ``write_index`` first; returns (out, (k, v))."""
+    def __call__(self, x, cos, sin, kv_mask, segments=None, cache_kv=None, write_index=None):
+        """x [B, T, H]; cos/sin [B, T, D]; kv_mask [B, S] (1 = real key); segments [B, T] segment
+        ids of packed sequences (whole batches only) or None. With ``cache_kv=(k, v)``
+        ([B, S, K, D]) the new keys/values are written at slot ``write_index`` first, and the
+        queries sit at slots ``write_index + arange(T)``; returns (out, (k, v))."""
         b, t, _ = x.shape
         q = self.q(x).reshape(b, t, self.num_heads, self.head_dim)
         k = self.k(x).reshape(b, t, self.num_kv_heads, self.head_dim)
@@ -130,20 +132,9 @@ class Attention(nnx.Module):
             k = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, write_index, 0, 0))
             v = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, write_index, 0, 0))
             k, v = constrain(k, CACHE_AXES), constrain(v, CACHE_AXES)
-        s = k.shape[1]
-        kv_slots = jnp.arange(s)
-        allowed = kv_slots[None, :] <= q_slots[:, None]  # [T, S] causal
-        if self.window is not None:
-            allowed &= kv_slots[None, :] > q_slots[:, None] - self.window
-        allowed = allowed[None] & (kv_mask[:, None, :] > 0)  # [B, T, S]
-
-        g = self.num_heads // self.num_kv_heads
-        qg = q.reshape(b, t, self.num_kv_heads, g, self.head_dim)  # head n = kv * G + g, as repeat_kv
-        scores = jnp.einsum("btkgd,bskd->bkgts", qg, k.astype(q.dtype), preferred_element_type=_stat_dtype(q.dtype))
-        scores = scores * (self.head_dim**-0.5)
-        scores = jnp.where(allowed[:, None, None], scores, _NEG)
-        probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype or x.dtype)
-        context = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(probs.dtype)).reshape(b, t, -1)
+        mask = AttentionMask(key_mask=kv_mask, causal=True, window=self.window, q_offset=write_index,
+                             q_segments=segments, kv_segments=segments)
+        context = attention(q, k, v, mask, implementation=self.implementation).reshape(b, t, -1)
         return self.o(context), (k, v)
 
 
@@ -158,14 +149,14 @@ class MLP(nnx.Module):
 
 
 class Layer(nnx.Module):
-    def __init__(self, cfg: LlamaConfig, layer: int, *, dtype, param_dtype, rngs: nnx.Rngs):
+    def __init__(self, cfg: LlamaConfig, layer: int, *, dtype, param_dtype, attention: str = "auto", rngs: nnx.Rngs):
         self.attention_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
-        self.attention = Attention(cfg, layer, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.attention = Attention(cfg, layer, dtype=dtype, param_dtype=param_dtype, implementation=attention, rngs=rngs)
         self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
         self.mlp = MLP(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
-    def __call__(self, x, cos, sin, kv_mask, q_slots, cache_kv=None, write_index=None):
-        h, kv = self.attention(self.attention_norm(x), cos, sin, kv_mask, q_slots, cache_kv, write_index)
+    def __call__(self, x, cos, sin, kv_mask, segments=None, cache_kv=None, write_index=None):
+        h, kv = self.attention(self.attention_norm(x), cos, sin, kv_mask, segments, cache_kv, write_index)
         x = x + h
         x = x + self.mlp(self.mlp_norm(x))
         return constrain(x, ACTIVATION_AXES), kv
@@ -227,18 +218,21 @@ class LlamaForCausalLM(nnx.Module):
     """Decoder-only transformer with an LM head (tied to the embedding or its own).
 
     ``dtype`` is the compute dtype; parameters are stored in ``param_dtype`` (float32 by default).
+    ``attention``: the attention kernel, one of ``jaxalign.ops.attention.IMPLEMENTATIONS``.
     """
 
     def __init__(self, cfg: LlamaConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, remat: str = "none",
-                 rngs: nnx.Rngs):
+                 attention: str = "auto", rngs: nnx.Rngs):
         if remat not in ("none", *REMAT_POLICIES):
             raise ValueError(f"remat={remat!r}: choose none, {', '.join(REMAT_POLICIES)}")
+        check_available(attention)
         self.config = cfg
         self.dtype = dtype
         self.remat = remat
         self.embed = nnx.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.layers = nnx.List(
-            [Layer(cfg, i, dtype=dtype, param_dtype=param_dtype, rngs=rngs) for i in range(cfg.num_hidden_layers)]
+            [Layer(cfg, i, dtype=dtype, param_dtype=param_dtype, attention=attention, rngs=rngs)
+             for i in range(cfg.num_hidden_layers)]
         )
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
         if cfg.tie_word_embeddings:
@@ -267,6 +261,7 @@ class LlamaForCausalLM(nnx.Module):
         output_layer: int | None = None,
         prepend: TokenPrepending | None = None,
         inputs_embeds: jax.Array | None = None,
+        segment_ids: jax.Array | None = None,
     ) -> tuple[jax.Array, KVCache | None]:
         """Final-normed hidden states [B, T, H] (and the updated cache).
 
@@ -280,7 +275,9 @@ class LlamaForCausalLM(nnx.Module):
         Prepending (whole batches only); a layer's input is replaced before the layer runs, and
         the output at ``output_layer`` n carries layer n's replacement, as the reference's
         in-place write does. ``inputs_embeds`` [B, T, H] replaces the embedding lookup of
-        ``input_ids`` (as in ``transformers``), e.g. to apply dropout to it.
+        ``input_ids`` (as in ``transformers``), e.g. to apply dropout to it. ``segment_ids``
+        [B, T]: packed sequences (whole batches only), a token attends only within its segment
+        (pass each segment's ``positions`` too).
         """
         b, t = input_ids.shape
         depth = len(self.layers)
@@ -290,8 +287,9 @@ class LlamaForCausalLM(nnx.Module):
             if cache is not None:
                 raise ValueError("with a cache, pass the positions of the new tokens")
             positions = position_ids(attention_mask)
-        if cache is not None and (prepend is not None or output_layer is not None):
-            raise ValueError("output_layer and token prepending run on whole batches, not with a key/value cache")
+        if cache is not None and (prepend is not None or output_layer is not None or segment_ids is not None):
+            raise ValueError("output_layer, token prepending and segment_ids run on whole batches, not with a "
+                             "key/value cache")
         if inputs_embeds is not None:
             x = inputs_embeds.astype(self.dtype or inputs_embeds.dtype)
         else:
@@ -300,20 +298,19 @@ class LlamaForCausalLM(nnx.Module):
         last = None if prepend is None else last_index(attention_mask)
         cos, sin = self.rope(positions)
         if cache is None:
-            kv_mask, q_slots, write = attention_mask, jnp.arange(t), None
+            kv_mask, write = attention_mask, None
         else:
             write = cache.index
             kv_mask = jax.lax.dynamic_update_slice(cache.mask, attention_mask.astype(cache.mask.dtype), (0, write))
-            q_slots = write + jnp.arange(t)
         keys, values = [], []
         for i, layer in enumerate(self.layers[:output_layer]):
             if prepend is not None and prepend.replaces(i):
                 x = prepend.replace(x, input_ids, last)
             if cache is None and self.remat != "none":
-                x = _rematerialised(layer, REMAT_POLICIES[self.remat], x, cos, sin, kv_mask, q_slots)
+                x = _rematerialised(layer, REMAT_POLICIES[self.remat], x, cos, sin, kv_mask, segment_ids)
                 continue  # no cache to fill
             cache_kv = None if cache is None else (cache.keys[i], cache.values[i])
-            x, (k, v) = layer(x, cos, sin, kv_mask, q_slots, cache_kv, write)
+            x, (k, v) = layer(x, cos, sin, kv_mask, segment_ids, cache_kv, write)
             keys.append(k)
             values.append(v)
         if output_layer is not None and output_layer < depth:
