@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxalign.config.loader import ConfigError
 from jaxalign.config.run import TrainConfig
 from jaxalign.data.cached import cache_preference, preference_examples
 from jaxalign.data.pipeline import Pipeline, streaming_pipeline
@@ -132,10 +133,16 @@ class PreferenceTask:
                                               max_completion_length=cfg.data.max_completion_length,
                                               chat_template=cfg.data.chat_template,
                                               long_prompts=cfg.data.long_prompts)
+            if cfg.eval.topk > decoder.config.vocab_size:
+                raise ConfigError(f"eval.topk={cfg.eval.topk}: more than the {decoder.config.vocab_size} tokens of "
+                                  f"{cfg.model.name}'s vocabulary; the paper's k is 10")
             initial = objective.reference_params(params, {**frozen, **tracked})
             task.evaluator = PreferenceEvaluator(decoder, eval_tokens, initial, mesh=mesh, beta=obj.reward_beta,
                                                  batch_size=cfg.eval.batch_size, buckets=cfg.data.buckets,
-                                                 chunk=obj.logps_chunk)
+                                                 chunk=obj.logps_chunk, topk=cfg.eval.topk,
+                                                 sample_prompts=cfg.eval.sample_prompts,
+                                                 max_new_tokens=cfg.eval.max_new_tokens,
+                                                 temperature=cfg.eval.sample_temperature, seed=cfg.seed)
         return task
 
     def batch_axes(self) -> dict:
