@@ -17,8 +17,16 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 
 from jaxalign.config import ConfigError, load_recipe
 from jaxalign.config.run import TrainConfig
+from jaxalign.data.preference import load_preference
+from jaxalign.data.preference.tokens import tokenize_preference
 from jaxalign.models.decoders import load_decoder
-from jaxalign.ops.topk_entropy import completion_topk, lm_head_topk, topk_entropy, topk_logprobs, topk_mass
+from jaxalign.ops.topk_entropy import (
+    completion_topk,
+    lm_head_topk,
+    topk_entropy,
+    topk_logprobs,
+    topk_mass,
+)
 from jaxalign.training.checkpoint import Checkpointer
 from jaxalign.training.early_stopping import EntropyStop
 from jaxalign.training.metrics import read_metrics
@@ -65,9 +73,8 @@ def test_indicators_from_whole_logits_float64(x64):
     assert float(topk_entropy(flat, base=math.e)) == pytest.approx(math.log(10), rel=1e-14)
 
 
-@pytest.mark.parametrize("vocab_chunk", [4, 7, 16, 50, 4096])
-@pytest.mark.parametrize("k", [1, 10])
-def test_vocabulary_chunks_equal_whole_logits(vocab_chunk, k):
+@pytest.mark.parametrize("k, vocab_chunk", [(10, 4), (10, 7), (1, 16), (10, 4096)])
+def test_vocabulary_chunks_equal_whole_logits(k, vocab_chunk):
     keys = jax.random.split(jax.random.PRNGKey(0), 2)
     hidden = jax.random.normal(keys[0], (2, 6, 8))
     unembed = jax.random.normal(keys[1], (8, 50)) * 2
@@ -146,12 +153,22 @@ def tiny_config(tiny, *overrides) -> TrainConfig:
         f"eval.data={data}", "eval.skip_examples=32", "eval.batch_size=8", *overrides])
 
 
-def test_indicators_are_logged_during_dpo(tiny, tmp_path):
-    cfg = tiny_config(tiny, "steps=4", "eval.every=2", f"log.dir={tmp_path}", "eval.sample_prompts=5",
-                      "eval.max_new_tokens=6")
-    summary = train(cfg, progress=False)
-    rows = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "eval/topk/entropy" in r]
-    assert [r["step"] for r in rows] == [0, 2, 4]
+@pytest.fixture(scope="module")
+def stopped(tiny, tmp_path_factory):
+    """A tiny DPO run evaluated at every step, with samples, stopped once the entropy fell twice
+    in a row: (its config, summary). At this learning rate the entropy rises for 5 steps, then
+    turns down (the paper's shape), so the run stops at step 7 of 12."""
+    root = tmp_path_factory.mktemp("stopped")
+    cfg = tiny_config(tiny, "steps=12", "optim.lr=0.1", "eval.every=1", "eval.stop_patience=2",
+                      "eval.sample_prompts=4", "eval.max_new_tokens=6", f"log.dir={root / 'log'}",
+                      f"checkpoint.dir={root / 'ckpt'}", "checkpoint.keep_best=1", "checkpoint.async_save=false")
+    return cfg, train(cfg, progress=False)
+
+
+def test_indicators_are_logged_during_dpo(tiny, stopped):
+    cfg, summary = stopped
+    rows = [r for r in read_metrics(f"{cfg.log.dir}/metrics.jsonl") if "eval/topk/entropy" in r]
+    assert [r["step"] for r in rows] == list(range(summary["steps"] + 1))
     for row in rows:
         for prefix in ("eval/", "eval/samples/"):
             assert 0 < row[prefix + "topk/entropy"] <= math.log2(10) + 1e-6
@@ -159,34 +176,34 @@ def test_indicators_are_logged_during_dpo(tiny, tmp_path):
             assert 0 < row[prefix + "topk/entropy_unnormalised"]
         assert row["eval/logps_per_token/margin"] == pytest.approx(
             row["eval/logps_per_token/chosen"] - row["eval/logps_per_token/rejected"], abs=1e-6)
-    assert rows[0] != rows[-1] and summary["eval_metric"] == "eval/rewards/accuracies"
 
-    # step 0 against whole logits of the untrained model, masked over every held-out completion token
-    run = Run.build(cfg, devices=jax.devices()[:1])
-    decoder, tokens = run.task.decoder, run.task.evaluator.tokens
+    # step 0 against whole logits of the untrained model, over every held-out completion token
+    decoder = load_decoder(tiny[0])
+    records = load_preference(str(tiny[1]), "paired", None, 32)
+    tokens = tokenize_preference(decoder.tokenizer, records, max_length=16)
     batch = tokens.collate(tokens.examples, [16])
     ids, attention, loss_mask = (batch[k].reshape(-1, 16) for k in ("input_ids", "attention_mask", "loss_mask"))
-    logits = decoder.hidden(decoder.params, ids, attention)[:, :-1] @ decoder.unembed_kernel(decoder.params)
-    want, scored = reference(np.asarray(logits), 10), loss_mask[:, 1:].astype(bool)
+    logits = np.asarray(decoder.hidden(decoder.params, ids, attention)[:, :-1] @ decoder.unembed_kernel(decoder.params))
+    want, scored = reference(logits, 10), loss_mask[:, 1:].astype(bool)
     for name in ("entropy", "entropy_unnormalised", "mass"):
         assert rows[0][f"eval/topk/{name}"] == pytest.approx(want[name][scored].mean(), rel=1e-5)
-    per_token = np.asarray(run.task.evaluator.reference["logps"]) / scored.reshape(-1, 2, 15).sum(-1)
-    assert rows[0]["eval/logps_per_token/chosen"] == pytest.approx(per_token[:, 0].mean(), rel=1e-6)
+    logp = np.take_along_axis(np.asarray(jax.nn.log_softmax(logits)), ids[:, 1:, None], -1)[..., 0]
+    per_token = ((logp * scored).sum(-1) / scored.sum(-1)).reshape(-1, 2)
+    assert rows[0]["eval/logps_per_token/chosen"] == pytest.approx(per_token[:, 0].mean(), rel=1e-5)
+    assert rows[0]["eval/logps_per_token/rejected"] == pytest.approx(per_token[:, 1].mean(), rel=1e-5)
 
 
-def test_early_stopping_stops_and_keeps_the_highest_entropy_checkpoint(tiny, tmp_path):
-    cfg = tiny_config(tiny, "steps=12", "eval.every=1", "eval.stop_patience=2", f"checkpoint.dir={tmp_path}",
-                      "checkpoint.keep_best=1", "checkpoint.async_save=false")
-    summary = train(cfg, progress=False)
+def test_early_stopping_stops_and_keeps_the_highest_entropy_checkpoint(stopped):
+    cfg, summary = stopped
     entropy = {step: m["eval/topk/entropy"] for step, m in summary["eval_metrics"].items()}
-    stopped = summary["steps"]
-    assert stopped < 12 and "2 consecutive" in summary["stopped_by"]
-    assert entropy[stopped] < entropy[stopped - 1] < entropy[stopped - 2]
+    stopped_at = summary["steps"]
+    assert stopped_at == 7 and "2 consecutive" in summary["stopped_by"]
+    assert entropy[7] < entropy[6] < entropy[5] and max(entropy, key=entropy.get) == 5
     assert summary["eval_metric"] == "eval/topk/entropy"
-    best = Checkpointer(cfg.checkpoint).best
-    saved = {s: e for s, e in entropy.items() if s > 0}  # step 0 is the loaded model, not saved
-    assert best.all_steps() == [max(saved, key=saved.get)]
-    assert stopped in Checkpointer(cfg.checkpoint).last.all_steps()  # the stopping step is saved too
+    ckpt = Checkpointer(cfg.checkpoint)
+    assert ckpt.best.all_steps() == [5]  # the turning point, not the last step
+    assert ckpt.last.all_steps()[-1] == 7  # the stopping step is saved too
+    ckpt.close()
 
 
 @pytest.mark.parametrize("override, field", [

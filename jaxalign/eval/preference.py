@@ -28,7 +28,11 @@ import numpy as np
 
 from jaxalign.data.preference import load_preference
 from jaxalign.data.preference.tokens import TokenizedPreference, tokenize_preference
-from jaxalign.eval.overoptimisation import indicator_summary, pair_scores, sample_completions
+from jaxalign.eval.overoptimisation import (
+    indicator_summary,
+    pair_scores,
+    sample_completions,
+)
 from jaxalign.losses.dpo import preference_metrics
 from jaxalign.models.decoders import Decoder, load_decoder
 from jaxalign.objectives.scoring import score_examples

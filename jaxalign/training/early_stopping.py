@@ -28,7 +28,7 @@ class EntropyStop:
     previous: float | None = None
 
     @classmethod
-    def from_config(cls, cfg: EvalConfig) -> "EntropyStop | None":
+    def from_config(cls, cfg: EvalConfig) -> EntropyStop | None:
         """The rule ``cfg`` sets (``eval.stop_patience``, ``eval.stop_entropy_below``), or ``None``."""
         return cls(cfg.stop_patience, cfg.stop_entropy_below) if cfg.stops_early else None
 
