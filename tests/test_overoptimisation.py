@@ -31,6 +31,7 @@ from jaxalign.training.checkpoint import Checkpointer
 from jaxalign.training.early_stopping import EntropyStop
 from jaxalign.training.metrics import read_metrics
 from jaxalign.training.trainer import Run, train
+from jaxalign.viz import plot_runs
 
 WORDS, VOCAB, WIDTH = 60, 64, 16
 
@@ -204,6 +205,15 @@ def test_early_stopping_stops_and_keeps_the_highest_entropy_checkpoint(stopped):
     assert ckpt.best.all_steps() == [5]  # the turning point, not the last step
     assert ckpt.last.all_steps()[-1] == 7  # the stopping step is saved too
     ckpt.close()
+
+
+def test_plot_draws_the_indicators(stopped, tmp_path):
+    cfg, _ = stopped
+    fig = plot_runs([cfg.log.dir], tmp_path / "runs.png")
+    titles = [ax.get_title() for ax in fig.axes]
+    entropy = fig.axes[titles.index("eval: top-k entropy (bits)")]
+    assert [line.get_linestyle() for line in entropy.lines] == ["--", ":"]  # held-out, samples
+    assert "eval: top-k mass" in titles and (tmp_path / "runs.png").stat().st_size > 0
 
 
 @pytest.mark.parametrize("override, field", [
