@@ -19,6 +19,7 @@ from jaxalign.config import ConfigError, load_recipe
 from jaxalign.config.run import TrainConfig
 from jaxalign.data.preference import load_preference
 from jaxalign.data.preference.tokens import tokenize_preference
+from jaxalign.eval.preference import evaluate_preference
 from jaxalign.models.decoders import load_decoder
 from jaxalign.ops.topk_entropy import (
     completion_topk,
@@ -214,6 +215,16 @@ def test_plot_draws_the_indicators(stopped, tmp_path):
     entropy = fig.axes[titles.index("eval: top-k entropy (bits)")]
     assert [line.get_linestyle() for line in entropy.lines] == ["--", ":"]  # held-out, samples
     assert "eval: top-k mass" in titles and (tmp_path / "runs.png").stat().st_size > 0
+
+
+def test_eval_preference_reports_the_indicators(tiny):
+    model, data = tiny
+    summary = evaluate_preference(str(model), str(data), max_examples=8, max_length=16, max_prompt_length=None,
+                                  batch_size=8, topk=5)
+    assert 0 < summary["topk/entropy"] <= math.log2(5) + 1e-6 and 0 < summary["topk/mass"] <= 1 + 1e-6
+    assert summary["logps_per_token/chosen"] < 0
+    with pytest.raises(ValueError, match="--topk=0: must be >= 1"):
+        evaluate_preference(str(model), str(data), topk=0)
 
 
 @pytest.mark.parametrize("override, field", [

@@ -139,9 +139,12 @@ def evaluate_preference(
     mesh: tuple[int, int, int] | None = None,
     buckets: Sequence[int] = (16, 32, 64, 128, 256, 512),
     logps_chunk: int = 64,
+    topk: int = 10,
 ) -> dict:
     """Scores every usable pair of ``data`` under ``model`` (and ``ref``); returns TRL's metric
-    names over the whole set (see :func:`pair_summary`) plus ``pairs``, ``dropped`` and ``truncated``.
+    names over the whole set (see :func:`pair_summary`), the policy's over-optimisation
+    indicators ``topk/*`` (:func:`~jaxalign.eval.overoptimisation.indicator_summary`, ``k = topk``)
+    plus ``pairs``, ``dropped`` and ``truncated``.
     A pair whose prompt leaves no room for a completion within ``max_length`` is dropped
     (``dropped["prompt too long"]``), as are those training drops; none left is an error.
     ``mesh`` (data, fsdp, tensor) defaults to one device, or to every device of a multi-process
@@ -150,6 +153,8 @@ def evaluate_preference(
         raise ValueError(f"--beta={beta}: must be > 0")
     if max_length < 4:
         raise ValueError(f"--max-length={max_length}: must be >= 4")
+    if topk < 1:
+        raise ValueError(f"--topk={topk}: must be >= 1 (the paper's k is 10)")
     if mesh is None:
         mesh = (-1, 1, 1) if jax.process_count() > 1 else (1, 1, 1)
     sizes = resolve_axis_sizes(MeshConfig(*mesh), jax.device_count()) if -1 in mesh else tuple(mesh)
@@ -163,13 +168,17 @@ def evaluate_preference(
                          f"shards of mesh {tuple(sizes)}")
     compute_dtype = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
     decoder = load_decoder(model, mesh=device_mesh, dtype=compute_dtype, num_layers=num_layers)
+    if topk > decoder.config.vocab_size:
+        raise ValueError(f"--topk={topk}: more than the {decoder.config.vocab_size} tokens of {model}'s vocabulary")
     records = load_preference(data, "paired", max_examples)
     tokens = tokenize_preference(decoder.tokenizer, records, max_length=max_length,
                                  max_prompt_length=max_prompt_length, max_completion_length=max_completion_length,
                                  chat_template=chat_template, long_prompts="drop")
-    score = lambda m, params, desc: score_examples(m, params, tokens, mesh=device_mesh, batch_size=batch_size,
-                                                   buckets=buckets, chunk=logps_chunk, desc=desc)
-    policy = score(decoder, decoder.params, "policy")
+    score = lambda m, params, desc, **kw: score_examples(m, params, tokens, mesh=device_mesh, batch_size=batch_size,
+                                                         buckets=buckets, chunk=logps_chunk, desc=desc, **kw)
+    scores = score(decoder, decoder.params, "policy",
+                   scores=functools.partial(pair_scores, decoder, chunk=logps_chunk, k=topk))
+    policy = scores["logps"]
     if ref is None:
         reference = np.zeros_like(policy)
     else:
@@ -180,6 +189,7 @@ def evaluate_preference(
                              "the reference must share the policy's tokenizer")
         reference = score(ref_decoder, ref_decoder.params, "reference")
     summary: dict = pair_summary(policy, reference, completion_lengths(tokens.examples), beta)
+    summary.update(indicator_summary(scores))
     summary["pairs"] = len(tokens.examples)
     summary["dropped"] = dict(tokens.drops)
     summary["truncated"] = dict(tokens.truncated)
