@@ -337,7 +337,7 @@ def cmd_eval_preference(args) -> int:
         args.model, args.data, ref=args.ref, beta=args.beta, max_examples=args.max_examples,
         max_length=args.max_length, max_prompt_length=args.max_prompt_length,
         max_completion_length=args.max_completion_length, chat_template=args.chat_template,
-        batch_size=args.batch_size, num_layers=args.num_layers, dtype=args.dtype, mesh=mesh)
+        batch_size=args.batch_size, num_layers=args.num_layers, dtype=args.dtype, mesh=mesh, topk=args.topk)
     if not _main_process():
         return 0
     reward = f"beta (log pi - log pi_ref), ref {args.ref}" if args.ref else "beta log pi (reference-free: no --ref)"
@@ -764,6 +764,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="compute dtype. Default: %(default)s")
     p.add_argument("--mesh", default=None, metavar="DATA,FSDP,TENSOR",
                    help="shard over a device mesh, e.g. '2,2,2'. Default: one device (all devices in a multi-process run)")
+    p.add_argument("--topk", type=int, default=10,
+                   help="k of the over-optimisation indicators topk/* (Shi et al. 2024: entropy over the top-k "
+                        "next-token probabilities, and their mass, at completion tokens). Default: %(default)s")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     _add_launch_args(p)
     p.set_defaults(func=cmd_eval_preference)

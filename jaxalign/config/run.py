@@ -246,6 +246,20 @@ class EvalConfig:
       max_examples: preference: evaluate on n pairs ...
       skip_examples: ... after the first skip_examples rows (held out from a file training also
         reads)
+      topk: preference: k of the over-optimisation indicators of Shi et al. (arXiv 2410.11677),
+        means over the held-out completion tokens: eval/topk/entropy (bits, of the top-k
+        probabilities renormalised), eval/topk/entropy_unnormalised (the top-k terms of the full
+        entropy) and eval/topk/mass (the top-k probability)
+      sample_prompts: preference: the policy also continues the first n held-out prompts at each
+        evaluation, and eval/samples/topk/* are the indicators at its own tokens; 0: no samples
+      max_new_tokens: the samples' length limit
+      sample_temperature: the samples' sampling temperature (0: greedy)
+      stop_patience: preference: stop training once stop_on fell at M consecutive evaluations
+        (the entropy's turning point); null: no such rule
+      stop_entropy_below: preference: stop training once stop_on is below this many bits; null:
+        no such rule. With either rule, checkpoint.keep_best keeps the evaluations of highest
+        stop_on (the turning point) rather than of the objective's eval metric
+      stop_on: the entropy the stopping rules watch (the samples' ones need sample_prompts)
     """
 
     data: str | None = None
@@ -254,11 +268,34 @@ class EvalConfig:
     batch_size: int = 64
     max_examples: int | None = None
     skip_examples: int = 0
+    topk: int = 10
+    sample_prompts: int = 0
+    max_new_tokens: int = 32
+    sample_temperature: float = 1.0
+    stop_patience: int | None = None
+    stop_entropy_below: float | None = None
+    stop_on: Literal["eval/topk/entropy", "eval/topk/entropy_unnormalised", "eval/samples/topk/entropy",
+                     "eval/samples/topk/entropy_unnormalised"] = "eval/topk/entropy"
 
     def __post_init__(self):
         _check(self.every >= 1, f"eval.every={self.every}: must be >= 1")
         _check(self.max_examples is None or self.max_examples >= 1,
                f"eval.max_examples={self.max_examples}: must be >= 1, or null for all")
+        _check(self.topk >= 1, f"eval.topk={self.topk}: must be >= 1 (the paper's k is 10)")
+        _check(self.sample_prompts >= 0, f"eval.sample_prompts={self.sample_prompts}: must be >= 0 (0: no samples)")
+        _check(self.max_new_tokens >= 1, f"eval.max_new_tokens={self.max_new_tokens}: must be >= 1")
+        _check(self.sample_temperature >= 0, f"eval.sample_temperature={self.sample_temperature}: must be >= 0")
+        _check(self.stop_patience is None or self.stop_patience >= 1,
+               f"eval.stop_patience={self.stop_patience}: must be >= 1 evaluations, or null for no such rule")
+        _check(self.stop_entropy_below is None or self.stop_entropy_below >= 0,
+               f"eval.stop_entropy_below={self.stop_entropy_below}: must be >= 0 bits, or null for no such rule")
+        _check(self.sample_prompts or not self.stop_on.startswith("eval/samples/"),
+               f"eval.stop_on={self.stop_on} watches the policy's samples: set eval.sample_prompts >= 1")
+
+    @property
+    def stops_early(self) -> bool:
+        """Whether a stopping rule on the top-k entropy is set."""
+        return self.stop_patience is not None or self.stop_entropy_below is not None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -332,6 +369,9 @@ class TrainConfig:
                   else f"data.kind to one of {', '.join(obj.data_kinds)}")
                + ("" if preference or self.data.kind not in PREFERENCE_DATA else
                   "; preference data needs a preference objective: " + ", ".join(PREFERENCE_OBJECTIVES)))
+        _check(not self.eval.stops_early or (preference and self.eval.data),
+               "eval.stop_patience/eval.stop_entropy_below watch the top-k entropy of preference evaluation: "
+               "they need a preference objective and eval.data")
         if not preference:
             return
         reference = getattr(obj, "reference", None)

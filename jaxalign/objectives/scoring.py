@@ -11,7 +11,7 @@ PoFT's aligned models and preference evaluation need.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import numpy as np
@@ -62,13 +62,14 @@ def sequence_logps(decoder: Decoder, params: dict, batch: dict, *, chunk: int, l
 
 def score_examples(decoder: Decoder, params: dict, tokens: TokenizedPreference, *, mesh: jax.sharding.Mesh,
                    batch_size: int, buckets: Sequence[int], chunk: int, ld_alpha: float | None = None,
-                   desc: str = "scoring") -> np.ndarray:
+                   desc: str = "scoring", scores: Callable | None = None):
     """Summed completion log-probs ``[len(tokens), C]`` of every example of ``tokens`` under
     ``params``, in global batches of ``batch_size`` over ``mesh`` (the tail padded by repeating
     the last example), compiled once per length bucket; a progress bar on process 0 when there
-    is more than one batch."""
+    is more than one batch. ``scores(params, batch)``, if given, replaces the summed log-probs:
+    any pytree of ``[B, ...]`` arrays, returned with ``[len(tokens), ...]`` NumPy leaves."""
     shardings = {k: named_sharding(mesh, axes) for k, axes in TOKEN_AXES.items()}
-    fn = jax.jit(lambda p, b: sequence_logps(decoder, p, b, chunk=chunk, ld_alpha=ld_alpha)[0])
+    fn = jax.jit(scores or (lambda p, b: sequence_logps(decoder, p, b, chunk=chunk, ld_alpha=ld_alpha)[0]))
     local = batch_size // jax.process_count()
     mine = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
     examples = tokens.examples
@@ -81,5 +82,5 @@ def score_examples(decoder: Decoder, params: dict, tokens: TokenizedPreference, 
         batch = to_global({k: batch[k] for k in shardings}, shardings)
         with jax.set_mesh(mesh):
             logps = fn(params, batch)
-        rows.append(np.asarray(multihost_utils.process_allgather(logps, tiled=True)))
-    return np.concatenate(rows)[: len(examples)]
+        rows.append(jax.tree.map(np.asarray, multihost_utils.process_allgather(logps, tiled=True)))
+    return jax.tree.map(lambda *parts: np.concatenate(parts)[: len(examples)], *rows)

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxalign.config.loader import ConfigError
 from jaxalign.config.run import TrainConfig
 from jaxalign.data.cached import cache_preference, preference_examples
 from jaxalign.data.pipeline import Pipeline, streaming_pipeline
@@ -155,10 +156,16 @@ class PreferenceTask:
                 task.evaluator = RewardEvaluator(decoder, eval_tokens, batch_size=cfg.eval.batch_size)
                 task.eval_metric = "eval/accuracy"
             else:
+                if cfg.eval.topk > decoder.config.vocab_size:
+                    raise ConfigError(f"eval.topk={cfg.eval.topk}: more than the {decoder.config.vocab_size} tokens "
+                                      f"of {cfg.model.name}'s vocabulary; the paper's k is 10")
                 initial = objective.reference_params(params, {**frozen, **tracked})
                 task.evaluator = PreferenceEvaluator(decoder, eval_tokens, initial, mesh=mesh, beta=obj.reward_beta,
                                                      batch_size=cfg.eval.batch_size, buckets=cfg.data.buckets,
-                                                     chunk=obj.logps_chunk)
+                                                     chunk=obj.logps_chunk, topk=cfg.eval.topk,
+                                                     sample_prompts=cfg.eval.sample_prompts,
+                                                     max_new_tokens=cfg.eval.max_new_tokens,
+                                                     temperature=cfg.eval.sample_temperature, seed=cfg.seed)
         return task
 
     def batch_axes(self) -> dict:

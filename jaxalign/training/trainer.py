@@ -27,6 +27,7 @@ from jaxalign.sharding.mesh import ShardingConfigError, check_batch_size, make_m
 from jaxalign.sharding.rules import named_sharding, tree_shardings
 from jaxalign.tasks import Task, build_task
 from jaxalign.training.checkpoint import Checkpointer, run_fingerprint
+from jaxalign.training.early_stopping import EntropyStop
 from jaxalign.training.metrics import MetricsWriter
 from jaxalign.training.optim import build_optimizer
 from jaxalign.training.preemption import StopRequests
@@ -181,7 +182,10 @@ def _run(cfg: TrainConfig, run: Run, *, progress: bool, end: int) -> dict:
     if start or cfg.checkpoint.overwrite:
         writer.discard_from(start + 1 if start else 0)  # the rows of the steps this run logs (again)
     step_fn = run.step_fn()
-    summary = {"losses": {}, "eval": {}, "eval_metrics": {}, "eval_metric": task.eval_metric, "resumed_from": start}
+    early_stop = EntropyStop.from_config(cfg.eval)
+    # A stopping rule on the entropy also picks the best checkpoints by it: the turning point.
+    best_metric = cfg.eval.stop_on if early_stop else task.eval_metric
+    summary = {"losses": {}, "eval": {}, "eval_metrics": {}, "eval_metric": best_metric, "resumed_from": start}
 
     def evaluate(step: int) -> float | None:
         """Held-out metrics of the current parameters, logged; returns the best-checkpoint score."""
@@ -190,11 +194,13 @@ def _run(cfg: TrainConfig, run: Run, *, progress: bool, end: int) -> dict:
             return None
         writer.write(step, metrics)
         summary["eval_metrics"][step] = metrics
-        summary["eval"][step] = metrics.get(task.eval_metric)
+        summary["eval"][step] = metrics.get(best_metric)
         return summary["eval"][step]
 
     if start == 0:
-        evaluate(0)
+        initial = evaluate(0)
+        if early_stop is not None:
+            early_stop.start(initial)
     bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
     examples_seen, t0, prev = 0, time.perf_counter(), None
     stops = StopRequests.install()
@@ -213,17 +219,21 @@ def _run(cfg: TrainConfig, run: Run, *, progress: bool, end: int) -> dict:
                 summary["losses"][done] = host["loss"]
                 writer.write(done, host)
                 bar.set_postfix(loss=f"{host['loss']:.4f}", ex_s=f"{host['examples_per_s']:.0f}")
+            early = None
             if done % cfg.eval.every == 0 or done == end:
                 score = evaluate(done)
                 if ckpt is not None and score is not None:
                     ckpt.save_best(done, state, task.stream.state, score)
-            stop = stops.should_stop(done)
+                early = early_stop.update(score) if early_stop is not None else None
+            stop = stops.should_stop(done) or early is not None
             if ckpt is not None:
                 ckpt.save(done, state, task.stream.state, force=done == end or stop)
             bar.update(1)
             if stop:
                 end = done
-                summary["stopped_by"] = stops.signal
+                summary["stopped_by"] = early or stops.signal
+                if early:
+                    log.warning("stopping early after step %d: %s", done, early)
                 break
     finally:
         stops.restore()

@@ -1,9 +1,11 @@
 """Training curves of runs, from the metrics.jsonl each run writes to its ``log.dir``.
 
 One panel per metric group (:data:`PANELS`: loss, learning rate, gradient norm, STS and, for
-preference runs, TRL's reward margins and accuracies), drawn only where some run logged it;
+preference runs, TRL's reward margins and accuracies and the over-optimisation indicators of
+Shi et al., arXiv 2410.11677: top-k entropy and mass), drawn only where some run logged it;
 one colour per run; a training metric solid, its held-out ``eval/`` twin dashed with markers
-in the same panel, so that over- or under-fitting shows at a glance.
+in the same panel, so that over- or under-fitting shows at a glance; an indicator on the
+policy's own samples (``eval/samples/``) dotted.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ PANELS = (
     Panel("eval: STS (Spearman x 100)", ("eval/sts",)),
     Panel("reward margin (chosen - rejected)", ("rewards/margins", "eval/rewards/margins")),
     Panel("reward accuracy", ("rewards/accuracies", "eval/rewards/accuracies")),
+    Panel("eval: top-k entropy (bits)", ("eval/topk/entropy", "eval/samples/topk/entropy")),
+    Panel("eval: top-k mass", ("eval/topk/mass", "eval/samples/topk/mass")),
 )
 
 
@@ -112,7 +116,10 @@ def choose_panels(available: Sequence[str], metrics: Sequence[str] | None = None
 
 
 def _style(key: str, points: int) -> dict:
-    """Held-out metrics dashed with markers (they have few points); a lone point gets a marker."""
+    """Held-out metrics dashed with markers (they have few points), those of samples dotted; a
+    lone point gets a marker."""
+    if key.startswith("eval/samples/"):
+        return {"linestyle": ":", "marker": "o", "markersize": 3}
     if key.startswith("eval/"):
         return {"linestyle": "--", "marker": "o", "markersize": 3}
     return {"linestyle": "-", "marker": "o" if points == 1 else None, "markersize": 3}
