@@ -82,7 +82,21 @@ def _input_pipeline(result: dict) -> list[Chart]:
                   higher_is_better=False)]
 
 
+def _attention(result: dict) -> list[Chart]:
+    median = lambda times: float(sorted(times)[len(times) // 2])
+    per_length = {f"T={row['length']}": {k: median(t) * 1e3 for k, t in row["times_s"].items()}
+                  for row in result["rows"]}
+    model = result["model"]
+    step = {f"{model['layers']} layers, {model['batch']} x {model['length']}":
+            {k: median(t) for k, t in model["times_s"].items()}}
+    return [Chart("attention: forward + backward per kernel", "median ms per call (lower is better)", per_length,
+                  higher_is_better=False, baseline="einsum", log_scale=True),
+            Chart("attention: a decoder's loss gradient", "median seconds (lower is better)", step,
+                  higher_is_better=False, baseline="einsum")]
+
+
 CHARTS: dict[str, Callable[[dict], list[Chart]]] = {
+    "attention": _attention,
     "encode_throughput": _throughput("sentences_per_s", "sentences/s"),
     "train_step": _throughput("examples_per_s", "examples/s"),
     "dpo_step": _throughput("tokens_per_s", "policy tokens/s"),
