@@ -211,7 +211,8 @@ def restore(aligned: Decoder, finetuned: Decoder, harmful: Sequence[str], benign
                  "restored": float(np.mean(vec == a_vec) - np.mean(f_vec == a_vec))}
         if task_score is not None:
             entry["task_score"] = float(task_score(params))
-        log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in entry.items()))
+        log(" ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
+                     for key, value in entry.items()))
         return entry
 
     def run(rollback: bool, steps: range, vec: np.ndarray, acc: np.ndarray, checkpoints: dict):
