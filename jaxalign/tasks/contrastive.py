@@ -34,7 +34,11 @@ from jaxalign.models import lora as lora_lib
 from jaxalign.models.decoders import is_decoder, load_decoder
 from jaxalign.models.export import export_decoder, export_hf
 from jaxalign.models.registry import Encoder, load_encoder
-from jaxalign.objectives.contrastive import ContrastiveObjective, cached_value_and_grad, loss_fn
+from jaxalign.objectives.contrastive import (
+    ContrastiveObjective,
+    cached_value_and_grad,
+    loss_fn,
+)
 from jaxalign.ops.pooling import PoolingConfig
 from jaxalign.sharding.mesh import batch_parallel_size
 
@@ -105,10 +109,7 @@ class ContrastiveTask:
             tokens = Tokenized(encoder.tokenizer, examples, objective.text_columns, cfg.model.max_length)
             task = cls(cfg, mesh, encoder, objective, stream, tokens, params, axes, frozen=frozen,
                        frozen_axes=frozen_axes, lora_modules=lora_modules)
-        if cfg.eval.data:
-            task.evaluator = StsEvaluator(sentence_embedder(encoder, pooling, mesh, cfg.eval.batch_size,
-                                                            cfg.model.max_length),
-                                          load_sts(cfg.eval.data, split=cfg.eval.split))
+        task.evaluator = sts_evaluator(cfg, encoder, pooling, mesh)
         return task
 
     def batch_axes(self) -> dict:
@@ -169,6 +170,15 @@ def load_sentence_encoder(cfg: TrainConfig, mesh: jax.sharding.Mesh) -> Encoder 
                            attention=m.attention)
     pooling = PoolingConfig(mode=m.pooling or "last", layer=-1 if m.layer is None else m.layer)
     return PromptEncoder.build(decoder, m.prompt or "prompteol", pooling, embedding_dropout=m.embedding_dropout)
+
+
+def sts_evaluator(cfg: TrainConfig, encoder: Encoder | PromptEncoder, pooling: PoolingConfig,
+                  mesh: jax.sharding.Mesh) -> StsEvaluator | None:
+    """The periodic STS evaluation of ``eval.data`` (None without it), embedding as the run trains."""
+    if not cfg.eval.data:
+        return None
+    return StsEvaluator(sentence_embedder(encoder, pooling, mesh, cfg.eval.batch_size, cfg.model.max_length),
+                        load_sts(cfg.eval.data, split=cfg.eval.split))
 
 
 def sentence_embedder(encoder: Encoder | PromptEncoder, pooling: PoolingConfig, mesh: jax.sharding.Mesh,

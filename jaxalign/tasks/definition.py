@@ -23,7 +23,6 @@ from jaxalign.config.loader import ConfigError
 from jaxalign.config.run import TrainConfig
 from jaxalign.data.definitions import Dictionary, read_definitions
 from jaxalign.data.stream import BatchStream, Tokenized, collate
-from jaxalign.data.sts import load_sts
 from jaxalign.eval.sts import StsEvaluator
 from jaxalign.inference.embed import Embedder
 from jaxalign.losses.definition import chunk_entries
@@ -34,7 +33,7 @@ from jaxalign.objectives.entries import ENTRY_POOLING, entry_embeddings, isotrop
 from jaxalign.ops.pooling import PoolingConfig
 from jaxalign.sharding.mesh import batch_parallel_size
 from jaxalign.sharding.rules import named_sharding
-from jaxalign.tasks.contrastive import sentence_embedder
+from jaxalign.tasks.contrastive import sts_evaluator
 
 ENTRY_AXES = (None, "entries", None)  # [chunks, entries of a chunk, embedding]
 
@@ -99,10 +98,7 @@ class DefinitionTask:
         tokens = Tokenized(encoder.tokenizer, examples, 1, cfg.model.max_length)
         task = cls(cfg, mesh, encoder, objective, pooling, stream, tokens, {"encoder": encoder.params},
                    {"encoder": encoder.axes}, {"entries": entries}, {"entries": ENTRY_AXES})
-        if cfg.eval.data:
-            task.evaluator = StsEvaluator(sentence_embedder(encoder, pooling, mesh, cfg.eval.batch_size,
-                                                            cfg.model.max_length),
-                                          load_sts(cfg.eval.data, split=cfg.eval.split))
+        task.evaluator = sts_evaluator(cfg, encoder, pooling, mesh)
         return task
 
     def batch_axes(self) -> dict:
