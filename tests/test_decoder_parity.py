@@ -142,10 +142,12 @@ def test_permuted_qk_would_be_caught(smol, hf_smol, smol_logits):
     ids, mask = padded(smol.tokenizer, TEXTS, "left")
     cfg = smol.config
     params = jax.tree.map(lambda x: x, smol.params)
-    attn = params["layers"][0]["attention"]
-    # kernels are [in, out]: the permuted rows of the [out, in] weight are the kernel's columns
-    attn["q"]["kernel"] = llama_cpp_permute(np.asarray(attn["q"]["kernel"]).T, cfg.num_attention_heads).T
-    attn["k"]["kernel"] = llama_cpp_permute(np.asarray(attn["k"]["kernel"]).T, cfg.num_key_value_heads).T
+    attn = params["layers"]["attention"]
+    # kernels are [layers, in, out]: the permuted rows of layer 0's [out, in] weight are its kernel's columns
+    for name, heads in (("q", cfg.num_attention_heads), ("k", cfg.num_key_value_heads)):
+        kernel = np.array(attn[name]["kernel"])
+        kernel[0] = llama_cpp_permute(kernel[0].T, heads).T
+        attn[name]["kernel"] = kernel
     assert max_diff(smol_logits(params, ids, mask), torch_logits(hf_smol, ids, mask), mask) > 1e-1
 
 
@@ -216,7 +218,7 @@ def test_tiny_decoders_match_transformers(tmp_path, case):
     if case.startswith("llama"):
         assert cfg.rope_scaling.rope_type == "llama3" and cfg.attention_bias and cfg.attention_out_bias
     if case.startswith("qwen2"):
-        assert cfg.attention_bias and not cfg.attention_out_bias and "bias" in dec.params["layers"][0]["attention"]["q"]
+        assert cfg.attention_bias and not cfg.attention_out_bias and "bias" in dec.params["layers"]["attention"]["q"]
     if case.startswith("qwen3"):
         assert cfg.qk_norm and cfg.head_dim == 32 != cfg.hidden_size // cfg.num_attention_heads
     f = jax.jit(dec.logits)

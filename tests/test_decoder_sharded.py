@@ -94,10 +94,10 @@ def single(checkpoint, batch):
 def test_sharded_decoder_equals_single_device(checkpoint, batch, single, shape):
     mesh = make_mesh(MeshConfig(*shape))
     dec = load_decoder(checkpoint, mesh=mesh)
-    assert len(dec.params["layers"][0]["mlp"]["up"]["kernel"].sharding.device_set) == 8
+    assert len(dec.params["layers"]["mlp"]["up"]["kernel"].sharding.device_set) == 8
     if shape[2] > 1:  # tensor parallel: the head and the vocabulary are split
         assert dec.params["lm_head"]["kernel"].sharding.spec == named_sharding(mesh, ("embed", "vocab")).spec
-        assert not dec.params["layers"][0]["attention"]["k"]["kernel"].sharding.is_fully_replicated
+        assert not dec.params["layers"]["attention"]["k"]["kernel"].sharding.is_fully_replicated
     params_sharding = tree_shardings(mesh, dec.axes, dec.params)
     tokens = named_sharding(mesh, ("batch", "length"))
     logits = jax.jit(dec.logits, in_shardings=(params_sharding, tokens, tokens),

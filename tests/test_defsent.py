@@ -226,8 +226,8 @@ def test_two_progressive_rounds_train_and_export(tmp_path, monkeypatch):
     assert (Path(tmp_path) / "log" / "round2" / "metrics.jsonl").is_file()
     exported = load_encoder(tmp_path / "hf")
     assert exported.config.num_hidden_layers == 1 and exported.config.with_pooler
-    trained = jax.device_get(summary["state"].params["encoder"]["layers"][0]["up"]["kernel"])
-    np.testing.assert_allclose(exported.params["layers"][0]["up"]["kernel"], trained)
+    trained = jax.device_get(summary["state"].params["encoder"]["layers"]["up"]["kernel"])
+    np.testing.assert_allclose(exported.params["layers"]["up"]["kernel"], trained)
 
 
 def test_rounds_thread_each_encoder_into_the_next(tmp_path):

@@ -108,7 +108,7 @@ def test_lora_trains_adapters_only_and_round_trips(tmp_path):
     assert summary["losses"][1] == pytest.approx(math.log(2), abs=1e-5)  # B = 0: policy == base == reference
     adapters = summary["state"].params["lora"]
     assert any(float(np.abs(ab["b"]).max()) > 0 for ab in jax.device_get(adapters).values())
-    loaded, cfg = lora.load_adapter(tmp_path / "out" / "adapter", run.task.lora_modules)
+    loaded, cfg = lora.load_adapter(tmp_path / "out" / "adapter", run.task.lora_modules, run.task.decoder.config.num_hidden_layers)
     assert cfg.rank == 4
     for path, ab in jax.device_get(adapters).items():
         np.testing.assert_array_equal(loaded[path]["a"], ab["a"])

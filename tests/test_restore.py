@@ -66,14 +66,15 @@ def test_run_moves_the_harmful_representation_back(models):
     distances = [s["harmful_distance"] for s in result["steps"]]
     assert [s["step"] for s in result["steps"]] == [0, 2, 4] and result["delivered"] == 4
     assert distances[-1] < distances[0]
-    names = eligible(finetuned.params, 2)
-    assert names and all(n.startswith(("layers.0.", "layers.1.")) and "norm" not in n for n in names)
+    names = eligible(finetuned.params)
+    assert names and all(n.startswith("layers.") and "norm" not in n for n in names)
     k = math.ceil(layer_parameter_count(finetuned.params) * 0.01)
     a, f, r = (flatten(p) for p in (aligned.params, finetuned.params, jax.device_get(result["params"])))
-    restored = sum(int((np.asarray(r[n]) == np.asarray(a[n])).sum()) for n in names)
+    restored = sum(int((np.asarray(r[n][:2]) == np.asarray(a[n][:2])).sum()) for n in names)
     assert 0 < restored <= 4 * (k - 1)
     untouched = [n for n in f if n not in names]
     assert all(np.array_equal(np.asarray(r[n]), np.asarray(f[n])) for n in untouched)
+    assert all(np.array_equal(np.asarray(r[n][2:]), np.asarray(f[n][2:])) for n in names)  # layers past layer_end
 
 
 def test_rollback_and_the_delivered_checkpoint(models):
@@ -104,7 +105,7 @@ def test_bad_input(models, tmp_path, capsys):
     other = tmp_path / "other"
     save_tiny_decoder(other, "LlamaForCausalLM", tie_word_embeddings=False, num_hidden_layers=2)
     a, f, o = (load_decoder(p) for p in (aligned, finetuned, other))
-    with pytest.raises(ValueError, match="layers.2"):
+    with pytest.raises(ValueError, match="has 3 layers"):
         restore(a, o, HARMFUL, BENIGN)
     with pytest.raises(ValueError, match="prompt set is empty"):
         restore(a, f, [], BENIGN)

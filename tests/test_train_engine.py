@@ -70,8 +70,8 @@ def test_sharded_step_equals_single_device(name, mesh, nli_file):
     loss1, g1, local = single_device(name, extra)
     a, f, t = mesh
     sharded = Run.build(config(*extra, f"mesh.data={a}", f"mesh.fsdp={f}", f"mesh.tensor={t}"))
-    kernel = sharded.state_shardings.params["encoder"]["layers"][0]["up"]["kernel"]
-    assert kernel.spec == jax.sharding.PartitionSpec("fsdp", "tensor") and len(kernel.device_set) == 8
+    kernel = sharded.state_shardings.params["encoder"]["layers"]["up"]["kernel"]
+    assert kernel.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor") and len(kernel.device_set) == 8
     loss8, g8 = grads_on(sharded, local)
     assert loss8 == pytest.approx(loss1, rel=1e-5)
     assert_trees_close(g8, g1)

@@ -40,7 +40,7 @@ def test_sharded_safetensors_with_index(tmp_path, minilm_path):
     ref = model.embeddings.word_embeddings.weight.detach().numpy()
     np.testing.assert_array_equal(np.asarray(enc.params["embeddings"]["word"]["embedding"]), ref)
     q = model.encoder.layer[1].attention.self.query.weight.detach().numpy()
-    np.testing.assert_array_equal(np.asarray(enc.params["layers"][1]["attention"]["query"]["kernel"]), q.T)
+    np.testing.assert_array_equal(np.asarray(enc.params["layers"]["attention"]["query"]["kernel"][1]), q.T)
 
 
 def test_wrapper_prefix_and_pretraining_head_are_handled(tmp_path, minilm_path):
@@ -54,9 +54,9 @@ def test_loads_straight_into_target_sharding(tmp_path, minilm_path):
     tiny(tmp_path, minilm_path)
     mesh = make_mesh(MeshConfig(2, 2, 2))
     enc = load_encoder(tmp_path, mesh=mesh)
-    kernel = enc.params["layers"][0]["up"]["kernel"]  # [embed=32, mlp=64] -> fsdp x tensor
-    assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
-    assert kernel.addressable_shards[0].data.shape == (16, 32)
+    kernel = enc.params["layers"]["up"]["kernel"]  # [layers=2, embed=32, mlp=64] -> layers replicated, fsdp x tensor
+    assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
+    assert kernel.addressable_shards[0].data.shape == (2, 16, 32)
 
 
 def test_mismatches_are_all_named(tmp_path, minilm_path):

@@ -64,9 +64,11 @@ class ModelConfig:
       dropout: the checkpoint's dropout rates in training (SimCSE needs them); false:
         deterministic
       lora: decoders: parameter-efficient training
-      remat: decoders: recompute each layer in the backward pass (full) or all but its matmuls
-        (dots), keeping only layer inputs: activation memory for compute, as MaxText's remat
-        policies
+      remat: decoders: what each layer keeps for the backward pass, as MaxText's remat policies
+        (activation memory for compute): none: everything; full: its input only, the rest
+        recomputed; minimal (alias dots): also its matmul outputs; save_qkv_proj: its
+        query/key/value projections; offload_qkv_proj: those, in host memory (backends with
+        pinned_host memory)
       attention: attention kernel: auto: cuDNN flash attention on GPU (bfloat16), Pallas splash
         on TPU, else xla; xla: jax.nn.dot_product_attention; cudnn, splash: those kernels (an
         error where the backend lacks them); einsum: the plain reference
@@ -82,7 +84,7 @@ class ModelConfig:
     num_layers: int | None = None
     dropout: bool = True
     lora: LoraConfig = LoraConfig()
-    remat: Literal["none", "full", "dots"] = "none"
+    remat: Literal["none", "full", "minimal", "dots", "save_qkv_proj", "offload_qkv_proj"] = "none"
     attention: Literal["auto", "xla", "cudnn", "splash", "einsum"] = "auto"
 
     def __post_init__(self):

@@ -195,12 +195,14 @@ def load_decoder(
     remat: str = "none",
     ignore: tuple[str, ...] = (),
     attention: str = "auto",
+    scan: bool = True,
 ) -> Decoder:
     """Loads a decoder checkpoint (and its tokenizer) for compute in ``dtype``.
 
     With ``mesh``, each parameter is created directly in its sharding over that mesh.
     ``num_layers`` keeps only the first n layers (the other layers' tensors are never read).
-    ``remat``: ``none``, ``full`` or ``dots``, the layers' rematerialisation in training.
+    ``remat``: the layers' rematerialisation policy in training (``jaxalign.models.scan.REMAT_POLICIES``).
+    ``scan=False``: run the stacked layers in a Python loop (same code, for debugging).
     ``ignore``: fnmatch patterns of further checkpoint tensors to leave unread (a task head
     such as a reward model's ``score.weight``).
     ``attention``: the attention kernel (``jaxalign.ops.attention.IMPLEMENTATIONS``).
@@ -236,7 +238,7 @@ def load_decoder(
         config = config.truncated(num_layers)
     graphdef, state, params, axes = load_module(
         lambda: LlamaForCausalLM(config, dtype=dtype, param_dtype=param_dtype, remat=remat, attention=attention,
-                                 rngs=nnx.Rngs(0)),
+                                 scan=scan, rngs=nnx.Rngs(0)),
         checkpoint, llama_weights.RULES, num_layers=config.num_hidden_layers, mesh=mesh, dtype=param_dtype,
         prefixes=llama_weights.PREFIXES, ignore=ignore)
     if isinstance(checkpoint, GGUFCheckpoint):

@@ -26,14 +26,18 @@ ST_POOLING_KEYS = {"mean": "pooling_mode_mean_tokens", "cls": "pooling_mode_cls_
 
 
 def checkpoint_tensors(rules: Sequence[ParamRule], params: dict, num_layers: int, prefix: str = "") -> dict:
-    """Checkpoint name -> float32 tensor in the checkpoint's layout, for every parameter."""
+    """Checkpoint name -> float32 tensor in the checkpoint's layout, for every parameter (a
+    stacked ``[L, ...]`` parameter unstacked into its ``L`` per-layer tensors)."""
     flat = {k: np.asarray(v, np.float32) for k, v in flatten(params).items()}
     tensors = {}
-    for rule in (r for rule in rules for r in rule.expand(num_layers)):
-        if rule.ours in flat:
-            value = flat[rule.ours]
-            name = rule.theirs if rule.theirs.startswith("lm_head.") else prefix + rule.theirs
-            tensors[name] = np.ascontiguousarray(value.T if rule.transpose else value)
+    for rule in rules:
+        if rule.ours not in flat:
+            continue
+        value = flat[rule.ours]
+        layers = value if rule.stacked else [value]
+        for name, layer in zip(rule.tensor_names(num_layers), layers, strict=True):
+            name = name if name.startswith("lm_head.") else prefix + name
+            tensors[name] = np.ascontiguousarray(layer.T if rule.transpose else layer)
     return tensors
 
 

@@ -79,6 +79,10 @@ class RestoreConfig:
 
 def check_same_shapes(aligned: Decoder, finetuned: Decoder) -> None:
     """The two models must be one architecture: the first tensor that differs is named."""
+    depths = aligned.config.num_hidden_layers, finetuned.config.num_hidden_layers
+    if depths[0] != depths[1]:
+        raise ValueError(f"{aligned.path} has {depths[0]} layers and {finetuned.path} {depths[1]}: restore needs a "
+                         "model fine-tuned from the aligned one, of the same shape")
     a, f = flatten(aligned.params), flatten(finetuned.params)
     for name in sorted(set(a) | set(f)):
         if name not in a or name not in f:
@@ -89,10 +93,10 @@ def check_same_shapes(aligned: Decoder, finetuned: Decoder) -> None:
                              f"{finetuned.path}: restore needs a model fine-tuned from the aligned one")
 
 
-def eligible(params: dict, layer_end: int) -> list[str]:
-    """The weights restoration may touch: decoder layers below ``layer_end``, norms excluded."""
-    return sorted(p for p in flatten(params) if p.startswith("layers.") and int(p.split(".")[1]) < layer_end
-                  and not p.rsplit(".", 2)[-2].endswith("norm"))
+def eligible(params: dict) -> list[str]:
+    """The stacked ``[L, ...]`` layer parameters restoration may touch (in their layers below
+    ``layer_end``, axis 0), norms excluded."""
+    return sorted(p for p in flatten(params) if p.startswith("layers.") and not p.rsplit(".", 2)[-2].endswith("norm"))
 
 
 def layer_parameter_count(params: dict) -> int:
@@ -190,18 +194,18 @@ def restore(aligned: Decoder, finetuned: Decoder, harmful: Sequence[str], benign
     benign_b = prompt_batches(finetuned, benign, cfg.batch_size, cfg.max_length)
     t_h = reps.mean(aligned.params, harmful_b)
     t_b = reps.mean(finetuned.params, benign_b)
-    names = eligible(finetuned.params, layer_end)
+    names = eligible(finetuned.params)
     k = math.ceil(layer_parameter_count(finetuned.params) * cfg.recovery_rate)
-    to_vec = lambda tree: np.concatenate([np.asarray(flatten(tree)[n], np.float32).ravel() for n in names])
+    to_vec = lambda tree: np.concatenate([np.asarray(flatten(tree)[n][:layer_end], np.float32).ravel() for n in names])
     a_vec, f_vec = to_vec(aligned.params), to_vec(finetuned.params)
-    shapes = [flatten(finetuned.params)[n].shape for n in names]
+    shapes = [flatten(finetuned.params)[n][:layer_end].shape for n in names]
 
     def to_params(vec: np.ndarray) -> dict:
         flat = dict(flatten(finetuned.params))
         offset = 0
         for n, s in zip(names, shapes):
             size = int(np.prod(s))
-            flat[n] = jnp.asarray(vec[offset:offset + size].reshape(s), flat[n].dtype)
+            flat[n] = flat[n].at[:layer_end].set(jnp.asarray(vec[offset:offset + size].reshape(s), flat[n].dtype))
             offset += size
         return unflatten(flat, finetuned.params)
 

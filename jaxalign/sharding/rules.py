@@ -24,6 +24,7 @@ LogicalAxes = tuple[str | None, ...]
 # dimension over an axis the batch already uses.
 DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     # parameters
+    ("layers", None),  # the stacked layers' leading axis (jaxalign.models.scan): every device holds every layer
     ("vocab", "tensor"),
     ("embed", "fsdp"),
     ("heads", "tensor"),

@@ -2,13 +2,16 @@
 
 A model family describes its checkpoint layout once, as a list of :class:`ParamRule`:
 our parameter path, the checkpoint tensor name, a layout transform and the parameter's
-logical axes (which :mod:`jaxalign.sharding.rules` turns into a sharding). The generic
-:func:`load_params` then
+logical axes (which :mod:`jaxalign.sharding.rules` turns into a sharding). A rule whose
+checkpoint name holds ``{i}`` is a *stacked* layer parameter: the checkpoint's per-layer
+tensors ``0..L-1`` are one ``[L, ...]`` parameter with a leading ``layers`` axis (the
+scanned layers of :mod:`jaxalign.models.scan`). The generic :func:`load_params` then
 
-* checks every parameter has a tensor of the right shape and every tensor is used,
+* checks every parameter has its tensor(s) of the right shape and every tensor is used,
   reporting *all* problems in one error,
 * builds each parameter with ``jax.make_array_from_callback``, so each device reads only
-  its own slice from the memory-mapped file (no full host copy per device).
+  its own slice (of the layers and of each tensor) from the memory-mapped file (no full host
+  copy per device).
 
 :func:`load_module` wraps it for a Flax NNX model (built abstractly, never with real
 arrays), :func:`dropped_layers` turns a layer truncation into ``ignore`` patterns, and
@@ -25,6 +28,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, SingleDeviceSharding
 
@@ -36,10 +40,12 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class ParamRule:
-    """One parameter: ``ours`` and ``theirs`` may contain ``{i}`` (layer index).
+    """One parameter: ``ours`` is our parameter path, ``theirs`` the checkpoint tensor name.
 
-    ``transpose`` reverses the dimensions (PyTorch ``Linear`` stores ``[out, in]``; we use
-    ``[in, out]``). ``axes`` are the logical axes of *our* layout.
+    ``theirs`` with ``{i}`` (layer index) makes the parameter stacked: ``[L, ...]``, layer ``i``
+    read from tensor ``theirs.format(i=i)``. ``transpose`` reverses a tensor's dimensions
+    (PyTorch ``Linear`` stores ``[out, in]``; we use ``[in, out]``). ``axes`` are the logical
+    axes of one tensor in *our* layout; :attr:`param_axes` adds the leading ``layers`` axis.
     """
 
     ours: str
@@ -47,13 +53,22 @@ class ParamRule:
     axes: tuple[str | None, ...]
     transpose: bool = False
 
-    def expand(self, num_layers: int) -> list["ParamRule"]:
-        if "{i}" not in self.ours:
-            return [self]
-        return [
-            dataclasses.replace(self, ours=self.ours.format(i=i), theirs=self.theirs.format(i=i))
-            for i in range(num_layers)
-        ]
+    @property
+    def stacked(self) -> bool:
+        return "{i}" in self.theirs
+
+    @property
+    def param_axes(self) -> tuple[str | None, ...]:
+        return ("layers", *self.axes) if self.stacked else self.axes
+
+    def tensor_names(self, num_layers: int) -> list[str]:
+        """The checkpoint tensors of this parameter, layer by layer when stacked."""
+        return [self.theirs.format(i=i) for i in range(num_layers)] if self.stacked else [self.theirs]
+
+    def layer_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
+        """One checkpoint tensor's shape for a parameter of ``shape``."""
+        shape = tuple(shape[1:] if self.stacked else shape)
+        return shape[::-1] if self.transpose else shape
 
 
 def flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
@@ -109,24 +124,26 @@ def load_params(
     ``ignore`` holds fnmatch patterns of checkpoint tensors that are not parameters
     (buffers, pre-training heads); they are logged, not loaded.
     """
-    expanded = [r for rule in rules for r in rule.expand(num_layers)]
     targets = flatten(abstract)
     names = strip_prefix(checkpoint.keys(), prefixes)
-    by_ours = {r.ours: r for r in expanded}
+    by_ours = {r.ours: r for r in rules}
 
-    missing, misshaped, unmapped = [], [], []
+    missing, misshaped, unmapped, used = [], [], [], set()
     for path, target in targets.items():
         rule = by_ours.get(path)
         if rule is None:
             unmapped.append(path)
-        elif rule.theirs not in names:
-            missing.append(f"{rule.theirs} (for {path}, shape {tuple(target.shape)})")
-        else:
-            shape = checkpoint.shape(names[rule.theirs])
-            expect = tuple(reversed(target.shape)) if rule.transpose else tuple(target.shape)
-            if shape != expect:
-                misshaped.append(f"{names[rule.theirs]}: checkpoint {shape}, model expects {expect}")
-    used = {by_ours[p].theirs for p in targets if p in by_ours}
+            continue
+        if rule.stacked and target.shape[0] != num_layers:
+            unmapped.append(f"{path} (stacks {target.shape[0]} layers, the model has {num_layers})")
+            continue
+        expect = rule.layer_shape(target.shape)
+        for name in rule.tensor_names(num_layers):
+            used.add(name)
+            if name not in names:
+                missing.append(f"{name} (for {path}, shape {expect})")
+            elif (shape := checkpoint.shape(names[name])) != expect:
+                misshaped.append(f"{names[name]}: checkpoint {shape}, model expects {expect}")
     unexpected = [
         names[n] for n in names if n not in used and not any(fnmatch.fnmatch(n, pat) for pat in ignore)
     ]
@@ -150,23 +167,27 @@ def load_params(
     params, axes = {}, {}
     for path, target in targets.items():
         rule = by_ours[path]
-        name = names[rule.theirs]
+        tensors = [names[n] for n in rule.tensor_names(num_layers)]
         shape = tuple(target.shape)
         if mesh is None:
             sharding = SingleDeviceSharding(jax.local_devices()[0])  # this process's own, in a multi-process run
         else:
-            sharding = named_sharding(mesh, rule.axes, shape, name=path)
+            sharding = named_sharding(mesh, rule.param_axes, shape, name=path)
 
-        def read(index, name=name, transpose=rule.transpose):
-            index = tuple(index)
+        def read_one(name, index, transpose=rule.transpose):
             if transpose:
                 return checkpoint.read(name, index[::-1]).T.astype(dtype)
             return checkpoint.read(name, index).astype(dtype)
 
-        params[path] = jax.make_array_from_callback(shape, sharding, read)
-        axes[path] = rule.axes
-    return unflatten(params, abstract), unflatten(axes, abstract)
+        def read(index, tensors=tensors, stacked=rule.stacked):
+            index = tuple(index)
+            if not stacked:
+                return read_one(tensors[0], index)
+            return np.stack([read_one(tensors[i], index[1:]) for i in range(len(tensors))[index[0]]])
 
+        params[path] = jax.make_array_from_callback(shape, sharding, read)
+        axes[path] = rule.param_axes
+    return unflatten(params, abstract), unflatten(axes, abstract)
 
 
 def dropped_layers(num_layers: int | None, total: int, pattern: str) -> list[str]:
@@ -175,7 +196,8 @@ def dropped_layers(num_layers: int | None, total: int, pattern: str) -> list[str
     if num_layers is None:
         return []
     if not 1 <= num_layers <= total:
-        raise ValueError(f"num_layers={num_layers}: the checkpoint has {total} layers")
+        raise ValueError(f"model.num_layers={num_layers}: the checkpoint has {total} layers; choose 1..{total} "
+                         "(or null for all)")
     return [pattern.format(i=i) for i in range(num_layers, total)]
 
 

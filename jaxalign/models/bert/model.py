@@ -2,7 +2,11 @@
 
 Shapes: ``B`` batch, ``T`` sequence length, ``H`` hidden size, ``N`` heads, ``D`` head dim.
 Dropout is active only with ``deterministic=False`` and takes its randomness from an explicit
-``rngs`` argument, so training steps stay pure functions of their inputs.
+``rngs`` argument, so training steps stay pure functions of their inputs (layer ``i`` draws from
+one key of ``rngs`` folded with ``i``).
+
+Layers: one stacked :class:`Layer` whose parameters are ``[L, ...]`` (``layers.attention.query.kernel``
+is ``[L, H, H]``), run by ``jax.lax.scan`` (:mod:`jaxalign.models.scan`).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxalign.models import scan as scan_lib
 from jaxalign.models.bert.config import BertConfig
 from jaxalign.ops.attention import AttentionMask, attention, check_available
 from jaxalign.sharding.rules import constrain
@@ -111,14 +116,17 @@ class Pooler(nnx.Module):
 
 class BertEncoder(nnx.Module):
     """Bidirectional transformer encoder. ``dtype`` is the compute dtype (params stay float32);
-    ``attention`` the attention kernel, one of ``jaxalign.ops.attention.IMPLEMENTATIONS``."""
+    ``attention`` the attention kernel, one of ``jaxalign.ops.attention.IMPLEMENTATIONS``;
+    ``scan=False`` runs the stacked layers in a Python loop (the same layer code; for debugging)."""
 
-    def __init__(self, cfg: BertConfig, *, dtype=jnp.float32, attention: str = "auto", rngs: nnx.Rngs):
+    def __init__(self, cfg: BertConfig, *, dtype=jnp.float32, attention: str = "auto", scan: bool = True,
+                 rngs: nnx.Rngs):
         check_available(attention)
         self.config = cfg
+        self.scan = scan
         self.embeddings = Embeddings(cfg, dtype=dtype, rngs=rngs)
-        self.layers = nnx.List([Layer(cfg, dtype=dtype, attention=attention, rngs=rngs)
-                                for _ in range(cfg.num_hidden_layers)])
+        self.layers = scan_lib.stacked(lambda r: Layer(cfg, dtype=dtype, attention=attention, rngs=r),
+                                       cfg.num_hidden_layers, rngs)
         self.pooler = Pooler(cfg, dtype=dtype, rngs=rngs) if cfg.with_pooler else None
 
     def position_ids(self, attention_mask: jax.Array) -> jax.Array:
@@ -149,9 +157,16 @@ class BertEncoder(nnx.Module):
         )
         x = constrain(x, ACTIVATION_AXES)
         mask = AttentionMask(key_mask=attention_mask, q_segments=segment_ids, kv_segments=segment_ids)
-        hidden = [x]
-        for layer in self.layers:
-            x = layer(x, mask, deterministic=deterministic, rngs=rngs)
-            hidden.append(x)
+        key = None if deterministic else rngs.dropout()
+
+        def body(layer, x, index):
+            layer_rngs = None if key is None else nnx.Rngs(dropout=jax.random.fold_in(key, index))
+            x = layer(x, mask, deterministic=deterministic, rngs=layer_rngs)
+            return x, x if output_hidden_states else None
+
+        depth = self.config.num_hidden_layers
+        first = x
+        x, hidden = scan_lib.run_layers(self.layers, body, x, jnp.arange(depth), stop=depth, scan=self.scan)
         pooled = self.pooler(x[:, 0]) if self.pooler is not None else None
-        return EncoderOutput(x, tuple(hidden) if output_hidden_states else None, pooled)
+        hidden = (first, *hidden) if output_hidden_states else None
+        return EncoderOutput(x, hidden, pooled)

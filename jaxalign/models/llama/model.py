@@ -10,14 +10,16 @@ Padding: rows may be right- or left-padded. Position ids count real tokens only
 padding slots are masked, so a row's real tokens see exactly what they would unpadded.
 Values at padding positions are undefined.
 
-Rematerialisation (``remat``, training only): each layer keeps only its input for the
-backward pass and recomputes the rest (``"full"``), or also keeps its matmul outputs
-(``"dots"``, JAX's ``dots_with_no_batch_dims_saveable``), trading compute for activation
-memory as MaxText's remat policies do.
+Layers: one stacked :class:`Layer` whose parameters are ``[L, ...]`` (``layers.attention.q.kernel``
+is ``[L, H, N * D]``), run by ``jax.lax.scan`` (:mod:`jaxalign.models.scan`), so compile time
+does not grow with depth. Layers with different static settings (Qwen2's per-layer sliding
+windows, Token Prepending's replaced range) are scanned in runs of consecutive equal layers.
+Rematerialisation (``remat``, training only) is per layer, with the named policies of
+:mod:`jaxalign.models.scan`.
 
 The cache is a pure pytree passed in and returned (:class:`KVCache`): one write offset shared
 by all rows (prompts are left-padded to a common length), a ``[B, S]`` mask of the slots that
-hold real tokens, and per layer ``[B, S, K, D]`` keys and values.
+hold real tokens, and ``[L, B, S, K, D]`` keys and values, scanned with the layers.
 """
 
 from __future__ import annotations
@@ -27,17 +29,18 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
+from jaxalign.models import scan as scan_lib
 from jaxalign.models.llama.config import LlamaConfig
 from jaxalign.ops.attention import AttentionMask, attention, check_available
 from jaxalign.ops.pooling import last_index
 from jaxalign.sharding.rules import constrain
 
 ACTIVATION_AXES = ("batch", "length", "act_embed")
-REMAT_POLICIES = {"full": jax.checkpoint_policies.nothing_saveable,
-                  "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 LOGITS_AXES = ("batch", "length", "act_vocab")
-CACHE_AXES = ("batch", "length", None, None)
+CACHE_AXES = ("batch", "length", None, None)  # one layer's keys or values
+STACKED_CACHE_AXES = ("layers", *CACHE_AXES)
 
 
 def _stat_dtype(dtype):
@@ -49,8 +52,8 @@ def _stat_dtype(dtype):
 class KVCache:
     """Preallocated keys/values for ``S`` slots; ``index`` slots (all rows alike) are written."""
 
-    keys: tuple[jax.Array, ...]  # per layer [B, S, K, D]
-    values: tuple[jax.Array, ...]  # per layer [B, S, K, D]
+    keys: jax.Array  # [L, B, S, K, D]
+    values: jax.Array  # [L, B, S, K, D]
     mask: jax.Array  # [B, S] int32, 1 where the slot holds a real token
     index: jax.Array  # int32 scalar: the next slot to write
 
@@ -60,8 +63,8 @@ class KVCache:
 
     @classmethod
     def zeros(cls, cfg: LlamaConfig, batch: int, length: int, dtype=jnp.float32) -> "KVCache":
-        shape = (batch, length, cfg.num_key_value_heads, cfg.head_dim)
-        kv = lambda: tuple(constrain(jnp.zeros(shape, dtype), CACHE_AXES) for _ in range(cfg.num_hidden_layers))  # noqa: E731
+        shape = (cfg.num_hidden_layers, batch, length, cfg.num_key_value_heads, cfg.head_dim)
+        kv = lambda: constrain(jnp.zeros(shape, dtype), STACKED_CACHE_AXES)  # noqa: E731
         return cls(kv(), kv(), jnp.zeros((batch, length), jnp.int32), jnp.zeros((), jnp.int32))
 
 
@@ -97,8 +100,7 @@ def rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 
 
 class Attention(nnx.Module):
-    def __init__(self, cfg: LlamaConfig, layer: int, *, dtype, param_dtype, implementation: str = "auto",
-                 rngs: nnx.Rngs):
+    def __init__(self, cfg: LlamaConfig, *, dtype, param_dtype, implementation: str = "auto", rngs: nnx.Rngs):
         h, n, k, d = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         lin = lambda i, o, bias: nnx.Linear(i, o, use_bias=bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)  # noqa: E731
         self.q = lin(h, n * d, cfg.attention_bias)
@@ -111,19 +113,20 @@ class Attention(nnx.Module):
         else:
             self.q_norm = self.k_norm = None
         self.num_heads, self.num_kv_heads, self.head_dim = n, k, d
-        self.window = cfg.layer_window(layer)
         self.implementation = implementation
         self.dtype = dtype
 
-    def __call__(self, x, cos, sin, kv_mask, segments=None, cache_kv=None, write_index=None):
+    def __call__(self, x, cos, sin, kv_mask, segments=None, cache_kv=None, write_index=None, window=None):
         """x [B, T, H]; cos/sin [B, T, D]; kv_mask [B, S] (1 = real key); segments [B, T] segment
-        ids of packed sequences (whole batches only) or None. With ``cache_kv=(k, v)``
-        ([B, S, K, D]) the new keys/values are written at slot ``write_index`` first, and the
-        queries sit at slots ``write_index + arange(T)``; returns (out, (k, v))."""
+        ids of packed sequences (whole batches only) or None; window: the layer's sliding
+        attention window (static; None: full causal). With ``cache_kv=(k, v)`` ([B, S, K, D])
+        the new keys/values are written at slot ``write_index`` first, and the queries sit at
+        slots ``write_index + arange(T)``; returns (out, (k, v)). The projections' outputs are
+        named for the ``save_qkv_proj`` remat policies."""
         b, t, _ = x.shape
-        q = self.q(x).reshape(b, t, self.num_heads, self.head_dim)
-        k = self.k(x).reshape(b, t, self.num_kv_heads, self.head_dim)
-        v = self.v(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        q = checkpoint_name(self.q(x), "query_proj").reshape(b, t, self.num_heads, self.head_dim)
+        k = checkpoint_name(self.k(x), "key_proj").reshape(b, t, self.num_kv_heads, self.head_dim)
+        v = checkpoint_name(self.v(x), "value_proj").reshape(b, t, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = rotary(q, cos, sin), rotary(k, cos, sin)
@@ -132,7 +135,7 @@ class Attention(nnx.Module):
             k = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, write_index, 0, 0))
             v = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, write_index, 0, 0))
             k, v = constrain(k, CACHE_AXES), constrain(v, CACHE_AXES)
-        mask = AttentionMask(key_mask=kv_mask, causal=True, window=self.window, q_offset=write_index,
+        mask = AttentionMask(key_mask=kv_mask, causal=True, window=window, q_offset=write_index,
                              q_segments=segments, kv_segments=segments)
         context = attention(q, k, v, mask, implementation=self.implementation).reshape(b, t, -1)
         return self.o(context), (k, v)
@@ -149,14 +152,14 @@ class MLP(nnx.Module):
 
 
 class Layer(nnx.Module):
-    def __init__(self, cfg: LlamaConfig, layer: int, *, dtype, param_dtype, attention: str = "auto", rngs: nnx.Rngs):
+    def __init__(self, cfg: LlamaConfig, *, dtype, param_dtype, attention: str = "auto", rngs: nnx.Rngs):
         self.attention_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
-        self.attention = Attention(cfg, layer, dtype=dtype, param_dtype=param_dtype, implementation=attention, rngs=rngs)
+        self.attention = Attention(cfg, dtype=dtype, param_dtype=param_dtype, implementation=attention, rngs=rngs)
         self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
         self.mlp = MLP(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
-    def __call__(self, x, cos, sin, kv_mask, segments=None, cache_kv=None, write_index=None):
-        h, kv = self.attention(self.attention_norm(x), cos, sin, kv_mask, segments, cache_kv, write_index)
+    def __call__(self, x, cos, sin, kv_mask, segments=None, cache_kv=None, write_index=None, window=None):
+        h, kv = self.attention(self.attention_norm(x), cos, sin, kv_mask, segments, cache_kv, write_index, window)
         x = x + h
         x = x + self.mlp(self.mlp_norm(x))
         return constrain(x, ACTIVATION_AXES), kv
@@ -206,34 +209,27 @@ class TokenPrepending:
 jax.tree_util.register_dataclass(TokenPrepending, data_fields=["embedding"], meta_fields=["token_id", "start", "exit"])
 
 
-def _rematerialised(layer: Layer, policy, *args):
-    """The hidden states of ``layer(*args)`` under ``jax.checkpoint``: the backward pass
-    recomputes what ``policy`` does not save. The layer is split into a pure function of its
-    parameters for the purpose."""
-    graphdef, state = nnx.split(layer)
-    return jax.checkpoint(lambda s, *a: nnx.merge(graphdef, s)(*a)[0], policy=policy)(state, *args)
-
-
 class LlamaForCausalLM(nnx.Module):
     """Decoder-only transformer with an LM head (tied to the embedding or its own).
 
     ``dtype`` is the compute dtype; parameters are stored in ``param_dtype`` (float32 by default).
     ``attention``: the attention kernel, one of ``jaxalign.ops.attention.IMPLEMENTATIONS``.
+    ``remat``: the per-layer rematerialisation policy (:data:`jaxalign.models.scan.REMAT_POLICIES`).
+    ``scan=False`` runs the stacked layers in a Python loop instead of ``jax.lax.scan`` (the same
+    layer code; for debugging).
     """
 
     def __init__(self, cfg: LlamaConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, remat: str = "none",
-                 attention: str = "auto", rngs: nnx.Rngs):
-        if remat not in ("none", *REMAT_POLICIES):
-            raise ValueError(f"remat={remat!r}: choose none, {', '.join(REMAT_POLICIES)}")
+                 attention: str = "auto", scan: bool = True, rngs: nnx.Rngs):
+        self.remat = scan_lib.check_remat(remat)
         check_available(attention)
         self.config = cfg
         self.dtype = dtype
-        self.remat = remat
+        self.scan = scan
         self.embed = nnx.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.layers = nnx.List(
-            [Layer(cfg, i, dtype=dtype, param_dtype=param_dtype, attention=attention, rngs=rngs)
-             for i in range(cfg.num_hidden_layers)]
-        )
+        self.layers = scan_lib.stacked(
+            lambda r: Layer(cfg, dtype=dtype, param_dtype=param_dtype, attention=attention, rngs=r),
+            cfg.num_hidden_layers, rngs)
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
         if cfg.tie_word_embeddings:
             self.lm_head = None
@@ -280,7 +276,7 @@ class LlamaForCausalLM(nnx.Module):
         (pass each segment's ``positions`` too).
         """
         b, t = input_ids.shape
-        depth = len(self.layers)
+        depth = self.config.num_hidden_layers
         if output_layer is not None and not 0 <= output_layer <= depth:
             raise ValueError(f"output_layer {output_layer} is outside the model's depth: 0 (embeddings) to {depth}")
         if positions is None:
@@ -302,17 +298,24 @@ class LlamaForCausalLM(nnx.Module):
         else:
             write = cache.index
             kv_mask = jax.lax.dynamic_update_slice(cache.mask, attention_mask.astype(cache.mask.dtype), (0, write))
+
+        stop = depth if output_layer is None else output_layer
         keys, values = [], []
-        for i, layer in enumerate(self.layers[:output_layer]):
-            if prepend is not None and prepend.replaces(i):
-                x = prepend.replace(x, input_ids, last)
-            if cache is None and self.remat != "none":
-                x = _rematerialised(layer, REMAT_POLICIES[self.remat], x, cos, sin, kv_mask, segment_ids)
-                continue  # no cache to fill
-            cache_kv = None if cache is None else (cache.keys[i], cache.values[i])
-            x, (k, v) = layer(x, cos, sin, kv_mask, segment_ids, cache_kv, write)
-            keys.append(k)
-            values.append(v)
+        for start, end, (window, replaced) in scan_lib.runs(
+                [(self.config.layer_window(i), prepend is not None and prepend.replaces(i)) for i in range(stop)]):
+
+            def body(layer, x, cache_kv, window=window, replaced=replaced):
+                if replaced:
+                    x = prepend.replace(x, input_ids, last)
+                x, kv = layer(x, cos, sin, kv_mask, segment_ids, cache_kv, write, window)
+                return x, None if cache is None else kv
+
+            xs = None if cache is None else (cache.keys[start:end], cache.values[start:end])
+            x, kv = scan_lib.run_layers(self.layers, body, x, xs, start=start, stop=end,
+                                        remat=self.remat if cache is None else "none", scan=self.scan)
+            if kv is not None:
+                keys.append(kv[0])
+                values.append(kv[1])
         if output_layer is not None and output_layer < depth:
             if prepend is not None and prepend.replaces(output_layer):
                 x = prepend.replace(x, input_ids, last)
@@ -320,7 +323,8 @@ class LlamaForCausalLM(nnx.Module):
         x = self.norm(x)
         if cache is None:
             return x, None
-        return x, KVCache(tuple(keys), tuple(values), kv_mask, cache.index + t)
+        stack = lambda parts: constrain(jnp.concatenate(parts) if len(parts) > 1 else parts[0], STACKED_CACHE_AXES)  # noqa: E731
+        return x, KVCache(stack(keys), stack(values), kv_mask, cache.index + t)
 
     def unembed_kernel(self) -> jax.Array:
         """The [H, V] output projection (the transposed embedding when tied)."""
