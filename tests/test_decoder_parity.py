@@ -163,6 +163,9 @@ CASES = {
     "qwen2-bias-tied": ("Qwen2ForCausalLM", dict(tie_word_embeddings=True)),
     "mistral-sliding-window": ("MistralForCausalLM", dict(sliding_window=4, tie_word_embeddings=False)),
     "qwen3-qk-norm": ("Qwen3ForCausalLM", dict(head_dim=32, tie_word_embeddings=True)),
+    # full attention in layer 0, a window in layers 1 and 2: two runs of scanned layers
+    "qwen2-window-layers": ("Qwen2ForCausalLM", dict(tie_word_embeddings=True, use_sliding_window=True, sliding_window=4,
+                                                     max_window_layers=1, num_hidden_layers=3)),
 }
 
 
@@ -217,6 +220,8 @@ def test_tiny_decoders_match_transformers(tmp_path, case):
     np.testing.assert_allclose(cfg.rope_frequencies()[0], model.model.rotary_emb.inv_freq.numpy(), rtol=1e-6)
     if case.startswith("llama"):
         assert cfg.rope_scaling.rope_type == "llama3" and cfg.attention_bias and cfg.attention_out_bias
+    if case == "qwen2-window-layers":
+        assert cfg.sliding_layers == (False, True, True)
     if case.startswith("qwen2"):
         assert cfg.attention_bias and not cfg.attention_out_bias and "bias" in dec.params["layers"]["attention"]["q"]
     if case.startswith("qwen3"):

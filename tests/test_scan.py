@@ -102,7 +102,7 @@ def test_save_qkv_proj_saves_the_projections():
     saved = {}
     for remat in ("full", "save_qkv_proj"):
         graphdef, state = nnx.split(LlamaForCausalLM(LLAMA, remat=remat, rngs=nnx.Rngs(0)))
-        f = lambda s: jnp.sum(nnx.merge(graphdef, s)(ids, mask)[0])  # noqa: E731
+        f = lambda s, g=graphdef: jnp.sum(nnx.merge(g, s)(ids, mask)[0])
         jaxpr = jax.make_jaxpr(jax.linearize(f, state)[1])(state)
         saved[remat] = sum(int(np.prod(v.aval.shape)) for v in jaxpr.jaxpr.constvars)
     q_k_v = 3 * (32 + 16 + 16) * 3 * 10  # layers x (N D + 2 K D) x rows x length
@@ -120,7 +120,7 @@ def _output_layer_and_token_prepending():
     tp = TokenPrepending(token_id=5, start=1, exit=2, embedding=jnp.ones((32,), jnp.float64))
     ids = ids.at[:, 2].set(5)
     for kwargs in ({"output_layer": 2}, {"output_layer": 0}, {"prepend": tp}, {"prepend": tp, "output_layer": 2}):
-        a, b = (jax.jit(lambda s, g=g: nnx.merge(g, s)(ids, mask, **kwargs)[0])(state) for g in (g_scan, g_loop))
+        a, b = (jax.jit(lambda s, g=g, kw=kwargs: nnx.merge(g, s)(ids, mask, **kw)[0])(state) for g in (g_scan, g_loop))
         np.testing.assert_allclose(a, b, atol=1e-10, err_msg=str(kwargs))
     # the prefix of a deeper model: running only the first n layers is the n-layer model
     shallow = LlamaForCausalLM(LLAMA.truncated(2), dtype=jnp.float64, param_dtype=jnp.float64, rngs=nnx.Rngs(0))
@@ -137,7 +137,7 @@ def test_bert_scan_equals_loop_with_dropout_and_hidden_states():
     assert nnx.to_pure_dict(state)["layers"]["attention"]["query"]["kernel"].shape == (3, 32, 32)
     ids, mask = batch()
     for deterministic in (True, False):
-        def run(graphdef, state):
+        def run(graphdef, state, deterministic=deterministic):
             rngs = None if deterministic else nnx.Rngs(dropout=jax.random.key(1))
             out = nnx.merge(graphdef, state)(ids, mask, deterministic=deterministic, rngs=rngs,
                                              output_hidden_states=True)
@@ -200,3 +200,51 @@ def test_missing_layer_tensors_are_named_together(tmp_path):
     with pytest.raises(CheckpointError, match=r"(?s)1 missing tensor.*layers\.1\.self_attn\.q_proj\.weight.*"
                                               r"1 mis-shaped tensor.*layers\.0\.mlp\.up_proj\.weight"):
         load_decoder(tmp_path)
+
+
+def test_program_size_does_not_grow_with_depth():
+    """One layer body is lowered whatever the depth (an unrolled loop lowers L copies)."""
+    ids, mask = batch()
+
+    def program(layers, scan):
+        cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=layers,
+                          num_attention_heads=4, num_key_value_heads=2, head_dim=8)
+        graphdef, state = nnx.split(nnx.eval_shape(lambda: LlamaForCausalLM(cfg, remat="full", scan=scan,
+                                                                             rngs=nnx.Rngs(0))))
+        loss = lambda s: jnp.sum(nnx.merge(graphdef, s)(ids, mask)[0])
+        return len(jax.jit(jax.grad(loss)).lower(state).as_text())
+
+    assert program(8, scan=True) < 1.05 * program(2, scan=True)
+    assert program(8, scan=False) > 2 * program(2, scan=False)  # the measure would see an unrolled loop
+
+
+def test_lora_adapters_are_stacked_and_saved_per_layer(tmp_path):
+    from test_decoder_parity import save_tiny_decoder
+
+    from jaxalign.config.run import LoraConfig
+    from jaxalign.models import lora
+
+    save_tiny_decoder(tmp_path / "hf", "LlamaForCausalLM", tie_word_embeddings=True, num_hidden_layers=3)
+    dec = load_decoder(tmp_path / "hf")
+    cfg = LoraConfig(rank=2, alpha=4.0, targets=("q_proj", "down_proj"))
+    modules, adapters, axes = lora.decoder_adapters(dec, cfg, jax.random.key(0))
+    q = "layers.attention.q.kernel"
+    assert modules[q] == "layers.{i}.self_attn.q_proj"
+    assert adapters[q]["a"].shape == (3, 64, 2) and adapters[q]["b"].shape == (3, 2, 64)
+    assert axes[q] == {"a": ("layers", "embed", None), "b": ("layers", None, "heads")}
+    adapters = jax.tree.map(lambda x: x + jax.random.normal(jax.random.key(1), x.shape), adapters)
+    adapted = lora.apply_lora(dec.params, adapters, 2.0)
+    for i in range(3):  # each layer gets its own A B
+        np.testing.assert_allclose(adapted["layers"]["attention"]["q"]["kernel"][i],
+                                   dec.params["layers"]["attention"]["q"]["kernel"][i]
+                                   + 2.0 * adapters[q]["a"][i] @ adapters[q]["b"][i], rtol=1e-6, atol=1e-6)
+    lora.save_adapter(tmp_path / "adapter", adapters, modules, cfg, "tiny")
+    saved = load_file(str(tmp_path / "adapter" / lora.ADAPTER_WEIGHTS))
+    assert saved["base_model.model.model.layers.2.self_attn.q_proj.lora_A.weight"].shape == (2, 64)  # PEFT: [r, in]
+    assert len(saved) == 2 * 2 * 3
+    loaded, _ = lora.load_adapter(tmp_path / "adapter", modules, 3)
+    for path in adapters:
+        np.testing.assert_array_equal(loaded[path]["a"], adapters[path]["a"])
+        np.testing.assert_array_equal(loaded[path]["b"], adapters[path]["b"])
+    with pytest.raises(ValueError, match=r"no adapter for layers\.3\.self_attn\.q_proj"):
+        lora.load_adapter(tmp_path / "adapter", modules, 4)

@@ -113,7 +113,7 @@ def run_layers(layers: nnx.Module, body: Callable, carry, xs=None, *, start: int
         return jax.lax.scan(step, carry, (state, xs))
     ys = []
     for i in range(stop - start):
-        carry, y = step(carry, jax.tree.map(lambda a: a[i], (state, xs)))
+        carry, y = step(carry, jax.tree.map(lambda a, i=i: a[i], (state, xs)))
         ys.append(y)
     return carry, jax.tree.map(lambda *y: jnp.stack(y), *ys) if ys and ys[0] is not None else None
 

@@ -275,7 +275,7 @@ class LlamaForCausalLM(nnx.Module):
         [B, T]: packed sequences (whole batches only), a token attends only within its segment
         (pass each segment's ``positions`` too).
         """
-        b, t = input_ids.shape
+        t = input_ids.shape[1]
         depth = self.config.num_hidden_layers
         if output_layer is not None and not 0 <= output_layer <= depth:
             raise ValueError(f"output_layer {output_layer} is outside the model's depth: 0 (embeddings) to {depth}")
