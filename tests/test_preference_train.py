@@ -244,7 +244,7 @@ def compiled_temp_bytes(run: Run, local: dict) -> int:
     return lowered.compile().memory_analysis().temp_size_in_bytes
 
 
-@pytest.mark.parametrize("policy", ["full", "dots"])
+@pytest.mark.parametrize("policy", ["full", "dots", "save_qkv_proj"])
 def test_remat_gives_the_same_step(single, policy):
     _, local, (loss, _, grads) = single
     run = Run.build(config("mesh.data=1", f"model.remat={policy}"), devices=jax.devices()[:1])
@@ -280,17 +280,23 @@ def residual_bytes(run: Run) -> int:
 
 def test_remat_saves_activation_memory():
     """What each added layer keeps for the backward pass: with ``full`` remat only its input
-    [rows, T, H], with ``dots`` also its matmul outputs, without remat every intermediate."""
+    [rows, T, H], with ``save_qkv_proj`` also its query/key/value projections, with ``minimal``
+    (``dots``) all its matmul outputs, without remat every intermediate."""
     saved = {}
-    for policy in ("none", "dots", "full"):
+    policies = ("none", "dots", "full", "save_qkv_proj")
+    for policy in policies:
         for layers in (1, 3):
             run = Run.build(config("mesh.data=1", f"model.num_layers={layers}", f"model.remat={policy}"),
                             devices=jax.devices()[:1])
             saved[policy, layers] = residual_bytes(run)
-    per_layer = {p: (saved[p, 3] - saved[p, 1]) / 2 for p in ("none", "dots", "full")}
+    per_layer = {p: (saved[p, 3] - saved[p, 1]) / 2 for p in policies}
     local = run.task.next_batch()["input_ids"]
-    layer_input = local.shape[0] * local.shape[1] * local.shape[2] * run.task.decoder.config.hidden_size * 4
+    cfg = run.task.decoder.config
+    tokens = local.shape[0] * local.shape[1] * local.shape[2]
+    layer_input = tokens * cfg.hidden_size * 4
+    qkv = tokens * (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * cfg.head_dim * 4
     assert per_layer["full"] == layer_input, per_layer
+    assert per_layer["save_qkv_proj"] == layer_input + qkv, per_layer
     assert layer_input < per_layer["dots"] < per_layer["none"], per_layer
 
 
