@@ -18,7 +18,7 @@ from jaxalign.models.decoders import load_decoder
 from jaxalign.objectives.preference import SEQUENCE_LOSSES, PreferenceObjective
 from jaxalign.objectives.scoring import PACKED_AXES, TOKEN_AXES, sequence_logps
 from jaxalign.ops.attention import AttentionMask, BranchSegments, attention, einsum_attention, select
-from jaxalign.sharding import MeshConfig, make_mesh, named_sharding, tree_shardings
+from jaxalign.sharding import MeshConfig, make_mesh, named_sharding
 
 from test_decoder_parity import save_tiny_decoder
 
@@ -108,6 +108,12 @@ def test_config_refuses_packing_where_it_cannot_apply():
     with pytest.raises(ConfigError, match="data.packing=shared_prompt with objective.name=reward"):
         TrainConfig(model=ModelConfig(max_length=64), data=DataConfig(kind="preference", packing="shared_prompt"),
                     objective=objectives.Reward())
+    from jaxalign.tasks.preference import check_packing
+
+    cfg = TrainConfig(model=ModelConfig(max_length=64), objective=objectives.DPO(),
+                      data=DataConfig(kind="preference", batch_size=8, packing="padding_free", packed_rows=6))
+    with pytest.raises(ConfigError, match="data.packed_rows=6: must be a multiple of the data-parallel size 4.*8"):
+        check_packing(cfg, make_mesh(MeshConfig(data=2, fsdp=2, tensor=2)))
 
 
 def test_branch_mask_shares_the_prompt_only():
@@ -234,7 +240,7 @@ def test_sharded_packed_step_equals_single_device(tiny):
     sharded = load_decoder(tiny.path, mesh=mesh, attention="einsum")
     objective = PreferenceObjective(objectives.DPO(), sharded)
     params = {"policy": sharded.params}
-    frozen = {"reference": jax.device_put(frozen["reference"], tree_shardings(mesh, sharded.axes))}
+    frozen = {"reference": perturbed(sharded.params)}
     placed = {k: jax.device_put(v, named_sharding(mesh, PACKED_AXES[k])) for k, v in batch.items()}
     with jax.set_mesh(mesh):
         got = loss_and_grad(objective, params, frozen, placed)
@@ -242,10 +248,9 @@ def test_sharded_packed_step_equals_single_device(tiny):
     assert_trees_close(got[1], want[1])
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_smollm2_dpo_packed_equals_padded(smol_tokenizer, mode):
-    """SmolLM2-135M-Instruct cut to 2 layers, real HH-style text: sequence log-probs, the DPO loss and
-    its gradient packed equal padded."""
+def test_smollm2_dpo_packed_equals_padded(smol_tokenizer):
+    """SmolLM2-135M-Instruct cut to 2 layers, HH-style text: sequence log-probs, the DPO loss and its
+    gradient packed (both modes) equal padded."""
     decoder = load_decoder("SmolLM2-135M-Instruct", num_layers=2)
     tok = decoder.tokenizer
     texts = [("Human: How do I bake bread?\n\nAssistant:", " Mix flour, water, yeast and salt.", " I don't know."),
@@ -256,10 +261,12 @@ def test_smollm2_dpo_packed_equals_padded(smol_tokenizer, mode):
     exs = [PreferenceExample(ids(p), (ids(c), ids(r)), index=i) for i, (p, c, r) in enumerate(texts)]
     objective = PreferenceObjective(objectives.DPO(), decoder)
     params, frozen = {"policy": decoder.params}, {"reference": perturbed(decoder.params, 0.002)}
+    logps = jax.jit(lambda b: sequence_logps(decoder, decoder.params, b, chunk=32)[0])
     pad = collate_preference(exs, buckets=(32, 64), max_length=64, pad_id=int(tok.pad_token_id))
-    pk = pack_preference(exs, packing=mode, rows=2, max_length=64, buckets=(32, 64), pad_id=int(tok.pad_token_id))
-    np.testing.assert_allclose(sequence_logps(decoder, decoder.params, pk, chunk=32)[0],
-                               sequence_logps(decoder, decoder.params, pad, chunk=32)[0], atol=1e-4, rtol=1e-6)
-    want, got = (loss_and_grad(objective, params, frozen, b) for b in (pad, pk))
-    np.testing.assert_allclose(got[0], want[0], atol=1e-5)
-    assert_trees_close(got[1], want[1])
+    want_logps, want = logps(pad), loss_and_grad(objective, params, frozen, pad)
+    for mode in MODES:
+        pk = pack_preference(exs, packing=mode, rows=2, max_length=64, buckets=(32, 64), pad_id=int(tok.pad_token_id))
+        np.testing.assert_allclose(logps(pk), want_logps, atol=1e-5, rtol=1e-6, err_msg=mode)
+        got = loss_and_grad(objective, params, frozen, pk)
+        np.testing.assert_allclose(got[0], want[0], atol=1e-5, err_msg=mode)
+        assert_trees_close(got[1], want[1])
