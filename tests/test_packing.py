@@ -2,8 +2,6 @@
 the layout, the shared-prompt attention mask, and per-sequence log-probs, every sequence loss and
 their gradients equal to 1e-5 (float32) on a tiny random Llama, sharded and on SmolLM2."""
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,7 +14,7 @@ from jaxalign.data.preference.packing import pack_preference, row_lengths
 from jaxalign.losses import DPO_LOSS_TYPES
 from jaxalign.models.decoders import load_decoder
 from jaxalign.objectives.preference import SEQUENCE_LOSSES, PreferenceObjective
-from jaxalign.objectives.scoring import PACKED_AXES, TOKEN_AXES, sequence_logps
+from jaxalign.objectives.scoring import PACKED_AXES, sequence_logps
 from jaxalign.ops.attention import AttentionMask, BranchSegments, attention, einsum_attention, select
 from jaxalign.sharding import MeshConfig, make_mesh, named_sharding
 
@@ -63,7 +61,7 @@ def test_layout_maps_every_completion_token_back(mode, kind):
     exs = examples(kind)
     pad, pk = padded(exs), packed(exs, mode, rows=4, shards=2)
     R, L = pk["input_ids"].shape
-    b, c, t = pad["input_ids"].shape
+    b, c, _ = pad["input_ids"].shape
     assert R == 4 and L in row_lengths(BUCKETS, 2 * c * MAX_LENGTH)  # 2 = examples per row
     # every completion token, through token_index, is the padded batch's token at the same place
     tc = pk["loss_mask"].shape[-1]
@@ -177,8 +175,11 @@ def test_every_loss_and_its_gradient_equal_padded(tiny, mode):
     """Per-sequence log-probs, lengths and their vector-Jacobian products (the model's backward)
     packed equal padded; every sequence loss reads nothing else, so its value and its parameter
     gradient (the VJP of dloss/dlogps) are compared through them, one compiled VJP per data kind."""
-    vjp = jax.jit(lambda p, b, ct: (lambda out, f: (out, f(ct)[0]))(
-        *jax.vjp(lambda q: sequence_logps(tiny, q, b, chunk=16)[0], p)))
+    def logps_and_vjp(p, b, ct):
+        out, back = jax.vjp(lambda q: sequence_logps(tiny, q, b, chunk=16)[0], p)
+        return out, back(ct)[0]
+
+    vjp = jax.jit(logps_and_vjp)
     lengths = jax.jit(lambda b: sequence_logps(tiny, tiny.params, b, chunk=16)[1])
     reference = perturbed(tiny.params)
     aligned = jnp.asarray(np.random.default_rng(2).standard_normal((8, 2)) - 20, jnp.float32)
@@ -193,9 +194,12 @@ def test_every_loss_and_its_gradient_equal_padded(tiny, mode):
         np.testing.assert_allclose(ref, want_ref, atol=1e-5, rtol=1e-6)
         np.testing.assert_array_equal(got_len, want_len)
         assert_trees_close(got_vjp, want_vjp)
-        for name, cfg, data_kind in (c for c in objective_cases() if c[2] == kind):
+        for name, cfg, _ in (c for c in objective_cases() if c[2] == kind):
             batch = {"label": batches["padded"].get("label"), "aligned_scores": aligned}
-            loss = lambda lp, r, n: SEQUENCE_LOSSES[cfg.name](cfg, lp, n, r, batch)[0].mean()  # noqa: E731
+
+            def loss(lp, r, n, cfg=cfg, batch=batch):
+                return SEQUENCE_LOSSES[cfg.name](cfg, lp, n, r, batch)[0].mean()
+
             want, dwant = jax.value_and_grad(loss)(want_logps, want_ref, want_len)
             got, dgot = jax.value_and_grad(loss)(logps, ref, got_len)
             np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5, err_msg=name)

@@ -79,7 +79,7 @@ class BranchSegments:
     group: jax.Array
     branch: jax.Array
 
-    def visible(self, keys: "BranchSegments") -> jax.Array:
+    def visible(self, keys: BranchSegments) -> jax.Array:
         """[B, T, S] bool: query t (of these ids) may see key s (of ``keys``)."""
         same = self.group[:, :, None] == keys.group[:, None, :]
         return same & ((keys.branch[:, None, :] == 0) | (self.branch[:, :, None] == keys.branch[:, None, :]))
