@@ -65,6 +65,19 @@ def test_sharded_step_equals_single_device(single, mesh):
     assert_trees_close(s_grads, grads)
 
 
+@pytest.mark.parametrize("packing", ["padding_free", "shared_prompt"])
+def test_packed_sharded_step_equals_padded(single, packing):
+    """data.packing through the task and the engine on 2 x 4 devices: the padded single-device step."""
+    _, _, (loss, metrics, grads) = single
+    run = Run.build(config("mesh.data=2", "mesh.fsdp=4", f"data.packing={packing}", "data.packed_rows=8"))
+    local = run.task.next_batch()
+    assert local["input_ids"].shape[0] == 8 and "token_index" in local
+    p_loss, p_metrics, p_grads = loss_and_grads(run, local)
+    assert p_loss == pytest.approx(loss, rel=1e-5)
+    assert p_metrics["logps/chosen"] == pytest.approx(metrics["logps/chosen"], rel=1e-5)
+    assert_trees_close(p_grads, grads)
+
+
 def test_precomputed_reference_equals_in_step_reference(single, tmp_path):
     run, local, _ = single
     pre = Run.build(config("mesh.data=1", "objective.reference=precomputed", f"checkpoint.dir={tmp_path}"),

@@ -16,6 +16,7 @@ from jaxalign.config.objectives import PREFERENCE_OBJECTIVES, ObjectiveConfig, S
 from jaxalign.sharding.mesh import MeshConfig
 
 PREFERENCE_DATA = ("preference", "unpaired", "negatives", "sft")
+UNPACKED_OBJECTIVES = ("dckd", "adpa", "reward")  # read padded [B, C, T] columns position by position
 
 
 def _check(cond: bool, message: str) -> None:
@@ -129,6 +130,15 @@ class DataConfig:
         already uses every core)
       prefetch: streaming: batches prepared (by as many threads) and placed on the devices
         ahead; 0: in the loop
+      packing: preference data: none: each column padded to the batch's length bucket;
+        padding_free: every prompt + completion a segment of a packed row (TRL's padding_free);
+        shared_prompt: each example one segment [prompt, completion 1, ...], the prompt computed
+        once for all of its completions (see jaxalign.data.preference.packing)
+      packed_rows: rows of a packed global batch, a multiple of the data-parallel size; null:
+        data.batch_size
+      packed_length: the longest packed row; null: model.max_length x ceil(completion columns x
+        data.batch_size / data.packed_rows), which always fits. Rows take the smallest of data.buckets (and
+        its doublings) that fits.
     """
 
     kind: Literal["sentences", "nli", "pairs", "preference", "unpaired", "negatives", "sft",
@@ -148,6 +158,9 @@ class DataConfig:
     cache_dir: str = "~/.cache/jaxalign/tokens"
     workers: int = 0
     prefetch: int = 2
+    packing: Literal["none", "padding_free", "shared_prompt"] = "none"
+    packed_rows: int | None = None
+    packed_length: int | None = None
 
     def __post_init__(self):
         _check(self.batch_size >= 2 or self.kind in PREFERENCE_DATA,
@@ -158,6 +171,12 @@ class DataConfig:
         _check(self.prefetch >= 0, f"data.prefetch={self.prefetch}: must be >= 0")
         _check(self.max_examples is None or self.max_examples >= 1,
                f"data.max_examples={self.max_examples}: must be >= 1, or null for all")
+        _check(self.packing == "none" or self.kind in PREFERENCE_DATA,
+               f"data.packing={self.packing}: packs preference data only (data.kind one of "
+               f"{', '.join(PREFERENCE_DATA)}); use data.packing=none")
+        _check(self.packed_rows is None or self.packed_rows >= 1, f"data.packed_rows={self.packed_rows}: must be >= 1")
+        _check(self.packed_length is None or self.packed_length >= 2,
+               f"data.packed_length={self.packed_length}: must be >= 2")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -384,6 +403,9 @@ class TrainConfig:
                                                              "the frozen base is the reference; drop one of the two")
         precomputed = ("objective.name=poft" if obj.name == "poft" else "objective.reference=precomputed"
                        if reference == "precomputed" and obj.needs_reference else None)
+        _check(self.data.packing == "none" or obj.name not in UNPACKED_OBJECTIVES,
+               f"data.packing={self.data.packing} with objective.name={obj.name}: it compares hidden states or "
+               "logits position by position in padded columns; use data.packing=none")
         _check(self.data.pipeline == "memory" or not precomputed,
                f"data.pipeline=streaming with {precomputed}: scores precomputed for every record need the whole "
                "data set in memory; use data.pipeline=memory")

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
@@ -22,11 +23,16 @@ from jaxalign.data.preference.tokens import TokenizedPreference
 from jaxalign.data.stream import to_global
 from jaxalign.losses.dpo import ld_logps, wpo_weights
 from jaxalign.models.decoders import Decoder
-from jaxalign.ops.logprobs import completion_logps
+from jaxalign.ops.attention import BranchSegments
+from jaxalign.ops.logprobs import completion_logps, token_logps
 from jaxalign.sharding.rules import named_sharding
 
 TOKEN_AXES = {"input_ids": ("batch", None, "length"), "attention_mask": ("batch", None, "length"),
               "loss_mask": ("batch", None, "length")}
+# data.packing != none (jaxalign.data.preference.packing): rows [R, L] and per-example [B, C, Tc] indices
+PACKED_AXES = {**{k: ("batch", "length") for k in ("input_ids", "attention_mask", "segment_ids", "positions",
+                                                   "branch_ids", "predecessor")},
+               "token_index": ("batch", None, None), "loss_mask": ("batch", None, None)}
 
 
 def sequence_logps(decoder: Decoder, params: dict, batch: dict, *, chunk: int, ld_alpha: float | None = None,
@@ -36,7 +42,8 @@ def sequence_logps(decoder: Decoder, params: dict, batch: dict, *, chunk: int, l
     Args:
       decoder: the model (its forward and LM head).
       params: its parameters (the policy, a reference, a LoRA-merged view).
-      batch: ``input_ids``, ``attention_mask``, ``loss_mask``, each ``[B, C, T]``.
+      batch: padded, ``input_ids``, ``attention_mask``, ``loss_mask``, each ``[B, C, T]``; or
+        packed (:func:`~jaxalign.data.preference.packing.pack_preference`, ``PACKED_AXES``).
       chunk: sequence positions per LM-head chunk.
       ld_alpha: LD-DPO's weight of the longer completion's tail (:func:`jaxalign.losses.ld_logps`);
         ``None``: plain sums.
@@ -45,19 +52,47 @@ def sequence_logps(decoder: Decoder, params: dict, batch: dict, *, chunk: int, l
     Returns:
       ``(summed [B, C], lengths [B, C])``, and with ``weights`` WPO's ``[B]`` weights third.
     """
-    ids = batch["input_ids"]
-    b, c, t = ids.shape
-    flat = lambda x: x.reshape(b * c, t)
-    hidden = decoder.hidden(params, flat(ids), flat(batch["attention_mask"]))
-    out = completion_logps(hidden, decoder.unembed_kernel(params), flat(ids), flat(batch["loss_mask"]), chunk=chunk,
-                           log_sum_sq=weights)
-    unflat = lambda x: x.reshape(b, c, t - 1)
-    summed = (ld_logps(unflat(out.per_token), unflat(out.mask), ld_alpha) if ld_alpha is not None
-              else out.summed.reshape(b, c))
-    lengths = out.lengths.reshape(b, c)
+    if "token_index" in batch:
+        per_token, mask, lss = packed_token_logps(decoder, params, batch, chunk=chunk, log_sum_sq=weights)
+    else:
+        ids = batch["input_ids"]
+        b, c, t = ids.shape
+        flat = lambda x: x.reshape(b * c, t)
+        hidden = decoder.hidden(params, flat(ids), flat(batch["attention_mask"]))
+        out = completion_logps(hidden, decoder.unembed_kernel(params), flat(ids), flat(batch["loss_mask"]),
+                               chunk=chunk, log_sum_sq=weights)
+        unflat = lambda x: None if x is None else x.reshape(b, c, t - 1)
+        per_token, mask, lss = unflat(out.per_token), unflat(out.mask), unflat(out.log_sum_sq)
+    summed = ld_logps(per_token, mask, ld_alpha) if ld_alpha is not None else per_token.sum(-1)
+    lengths = mask.sum(-1)
     if not weights:
         return summed, lengths
-    return summed, lengths, wpo_weights(unflat(out.per_token), unflat(out.log_sum_sq), unflat(out.mask))
+    return summed, lengths, wpo_weights(per_token, lss, mask)
+
+
+def packed_token_logps(decoder: Decoder, params: dict, batch: dict, *, chunk: int, log_sum_sq: bool = False):
+    """Per-token completion log-probs of a packed batch, laid out per example.
+
+    One forward of the ``[R, L]`` rows (segments, per-segment positions, and for
+    ``shared_prompt`` branches sharing their prompt); each token's log-prob comes from the
+    hidden state of its ``predecessor`` slot (the prompt's last token for a completion's first
+    token under ``shared_prompt``), and ``token_index`` gathers them into ``[B, C, Tc]``.
+
+    Returns ``(per_token [B, C, Tc], mask [B, C, Tc] float32, log Σ p² [B, C, Tc] or None)``,
+    ``per_token`` 0 off the completions, as the padded path's (completion tokens first).
+    """
+    ids = batch["input_ids"]
+    segments = batch["segment_ids"]
+    if "branch_ids" in batch:
+        segments = BranchSegments(segments, batch["branch_ids"])
+    hidden = decoder.module(params)(ids, batch["attention_mask"], positions=batch["positions"],
+                                    segment_ids=segments)[0]
+    hidden = jnp.take_along_axis(hidden, batch["predecessor"][..., None], axis=1)
+    out = token_logps(hidden, decoder.unembed_kernel(params), ids, chunk=chunk, log_sum_sq=log_sum_sq)
+    per_slot, lss = out if log_sum_sq else (out, None)
+    mask = batch["loss_mask"].astype(jnp.float32)
+    gather = lambda x: None if x is None else x.reshape(-1)[batch["token_index"]]
+    return gather(per_slot) * mask, mask, gather(lss)
 
 
 def score_examples(decoder: Decoder, params: dict, tokens: TokenizedPreference, *, mesh: jax.sharding.Mesh,

@@ -63,6 +63,32 @@ _warned: set[str] = set()
 
 
 @dataclasses.dataclass(frozen=True)
+class BranchSegments:
+    """Segment ids of packed groups whose branches share a prefix, as ``q_segments``/``kv_segments``.
+
+    A token sees a key iff both are in the same ``group`` and the key's ``branch`` is 0 (the
+    shared prefix: a prompt) or the query's own branch (with ``causal``, slots up to its own).
+    A ``[prompt, chosen, rejected]`` group thus gives both completions the prompt and only
+    themselves; laid out in that order, slot order is causal order within every branch.
+
+    Attributes:
+      group: [B, L] int32 group (segment) id of each token.
+      branch: [B, L] int32: 0 on the shared prefix, 1, 2, ... on the branches.
+    """
+
+    group: jax.Array
+    branch: jax.Array
+
+    def visible(self, keys: BranchSegments) -> jax.Array:
+        """[B, T, S] bool: query t (of these ids) may see key s (of ``keys``)."""
+        same = self.group[:, :, None] == keys.group[:, None, :]
+        return same & ((keys.branch[:, None, :] == 0) | (self.branch[:, :, None] == keys.branch[:, None, :]))
+
+
+jax.tree_util.register_dataclass(BranchSegments, data_fields=["group", "branch"], meta_fields=[])
+
+
+@dataclasses.dataclass(frozen=True)
 class AttentionMask:
     """Which keys each query attends to; every field narrows it.
 
@@ -75,8 +101,9 @@ class AttentionMask:
         ``q_offset + i``): a cache step's write index. None: whole sequences, queries and keys
         the same ``T = S`` tokens.
       q_segments: [B, T] segment ids of the queries (packed sequences): a query sees only keys
-        of its own segment. None: one segment.
-      kv_segments: [B, S] segment ids of the keys; with ``q_segments``.
+        of its own segment; or :class:`BranchSegments` (segments with a shared prefix). None:
+        one segment.
+      kv_segments: [B, S] segment ids of the keys (or :class:`BranchSegments`); with ``q_segments``.
     """
 
     key_mask: jax.Array | None = None
@@ -103,14 +130,24 @@ class AttentionMask:
             allowed &= kv_slots[None, None, :] > q_slots[None, :, None] - self.window
         if self.key_mask is not None:
             allowed &= self.key_mask[:, None, :] > 0
-        if self.q_segments is not None:
+        if self.branched:
+            allowed &= self.q_segments.visible(self.kv_segments)
+        elif self.q_segments is not None:
             allowed &= self.q_segments[:, :, None] == self.kv_segments[:, None, :]
         return allowed
+
+    @property
+    def branched(self) -> bool:
+        """Segments with a shared prefix (:class:`BranchSegments`), which only a dense mask expresses."""
+        return isinstance(self.q_segments, BranchSegments)
 
     def kernel_segments(self) -> tuple[jax.Array, jax.Array] | None:
         """([B, T], [B, S]) int32 segment ids with padding as segment 0 and real tokens as
         ``segment + 1``, for self-attention kernels that take padding as a segment (every
         query then sees at least itself); None without padding or segments."""
+        if self.branched:
+            raise ValueError("segments with a shared prefix (BranchSegments) have no kernel segment ids: "
+                             "use the xla or einsum kernel")
         if self.key_mask is None and self.q_segments is None:
             return None
         q_seg = jnp.ones_like(self.key_mask, jnp.int32) if self.q_segments is None else self.q_segments + 1
@@ -144,6 +181,9 @@ def unsupported(implementation: str, q: jax.Array, k: jax.Array, mask: Attention
     if dropout and implementation != "einsum":
         return "attention dropout (training with dropout on) runs only through einsum"
     t, d = q.shape[1], q.shape[-1]
+    if mask.branched and implementation in ("cudnn", "splash"):
+        return ("a shared-prompt mask (segments with a shared prefix, data.packing=shared_prompt) runs only "
+                "through xla or einsum")
     if implementation == "cudnn":
         if q.dtype not in HALF_DTYPES:
             return f"cuDNN flash attention needs bfloat16 or float16, not {q.dtype}"

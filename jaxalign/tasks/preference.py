@@ -10,6 +10,7 @@ batch is the objective's (:mod:`jaxalign.objectives.preference`).
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import jax
@@ -21,6 +22,7 @@ from jaxalign.config.run import TrainConfig
 from jaxalign.data.cached import cache_preference, preference_examples
 from jaxalign.data.pipeline import Pipeline, streaming_pipeline
 from jaxalign.data.preference import load_preference
+from jaxalign.data.preference.packing import pack_preference
 from jaxalign.data.preference.tokens import TokenizedPreference, tokenize_preference
 from jaxalign.data.stream import BatchStream
 from jaxalign.data.token_cache import source_fingerprint
@@ -31,6 +33,8 @@ from jaxalign.models.decoders import Decoder, load_decoder
 from jaxalign.models.export import export_decoder
 from jaxalign.models.reward import HEAD_AXES, export_reward_model, init_score_head
 from jaxalign.objectives.preference import BATCH_AXES, TEACHERS, PreferenceObjective
+from jaxalign.objectives.scoring import PACKED_AXES
+from jaxalign.sharding.rules import DEFAULT_RULES, logical_to_spec
 from jaxalign.tasks import precomputed
 
 DATA_KIND = {"preference": "paired", "unpaired": "unpaired", "negatives": "negatives", "sft": "sft"}
@@ -57,6 +61,21 @@ def record_margins(records, path: str) -> np.ndarray | None:
     return np.asarray([r.margin for r in records], np.float32)
 
 
+def batch_shards(mesh: jax.sharding.Mesh) -> int:
+    """The data-parallel size: devices the ``batch`` rule splits a batch over."""
+    axes = logical_to_spec(("batch",), DEFAULT_RULES)[0]
+    axes = (axes,) if isinstance(axes, str) else axes or ()
+    return math.prod(mesh.shape[a] for a in axes if a in mesh.shape)
+
+
+def check_packing(cfg: TrainConfig, mesh: jax.sharding.Mesh) -> None:
+    """Packed rows split over the data-parallel devices like the batch does (before compiling)."""
+    rows, shards = cfg.data.packed_rows, batch_shards(mesh)
+    if cfg.data.packing != "none" and rows is not None and rows % shards:
+        raise ConfigError(f"data.packed_rows={rows}: must be a multiple of the data-parallel size {shards} "
+                          f"(mesh data x fsdp), e.g. {-(-rows // shards) * shards}")
+
+
 @dataclasses.dataclass
 class PreferenceTask:
     cfg: TrainConfig
@@ -81,6 +100,7 @@ class PreferenceTask:
     @classmethod
     def build(cls, cfg: TrainConfig, mesh: jax.sharding.Mesh) -> "PreferenceTask":
         obj = cfg.objective
+        check_packing(cfg, mesh)
         dtype = jnp.bfloat16 if cfg.model.dtype == "bfloat16" else jnp.float32
         decoder = load_decoder(cfg.model.name, mesh=mesh, dtype=dtype, num_layers=cfg.model.num_layers,
                                remat=cfg.model.remat, attention=cfg.model.attention)
@@ -169,7 +189,11 @@ class PreferenceTask:
         return task
 
     def batch_axes(self) -> dict:
+        packing = self.cfg.data.packing
         keys = ["input_ids", "attention_mask", "loss_mask"]
+        if packing != "none":
+            keys += ["segment_ids", "positions", "predecessor", "token_index"]
+            keys += ["branch_ids"] if packing == "shared_prompt" else []
         if self.cfg.data.kind == "unpaired":
             keys.append("label")
         if self.ref_logps is not None:
@@ -178,7 +202,8 @@ class PreferenceTask:
             keys.append("aligned_scores")
         if self.margins is not None:
             keys.append("margin")
-        return {k: BATCH_AXES[k] for k in keys}
+        axes = {**BATCH_AXES, **PACKED_AXES} if packing != "none" else BATCH_AXES
+        return {k: axes[k] for k in keys}
 
     def value_and_grad(self):
         return jax.value_and_grad(self.objective.loss, has_aux=True)
@@ -188,8 +213,14 @@ class PreferenceTask:
 
     def collate(self, examples: list, local: slice) -> dict:
         """A global batch's examples -> this process's arrays (rows ``local``), with their
-        precomputed scores."""
-        batch = self.tokens.collate(examples, self.cfg.data.buckets, local=local)
+        precomputed scores; padded, or packed as ``data.packing`` says."""
+        data = self.cfg.data
+        if data.packing == "none":
+            batch = self.tokens.collate(examples, data.buckets, local=local)
+        else:
+            batch = pack_preference(examples, packing=data.packing, rows=data.packed_rows,
+                                    max_length=self.tokens.max_length, buckets=data.buckets, pad_id=self.tokens.pad_id,
+                                    packed_length=data.packed_length, shards=batch_shards(self.mesh), local=local)
         rows = [ex.index for ex in examples[local]]
         if self.ref_logps is not None:
             batch["ref_logps"] = self.ref_logps[rows]

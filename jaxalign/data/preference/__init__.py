@@ -7,7 +7,8 @@ objectives, read by :func:`load_preference` here, in four steps of one module ea
 * :mod:`.tokens`: records -> token ids, TRL's truncation and drops
   (:func:`~.tokens.tokenize_preference`);
 * :mod:`.collate`: examples -> batches ``{"input_ids", "attention_mask", "loss_mask": int32
-  [B, C, T], ...}`` with ``T`` a length bucket (:func:`~.collate.collate_preference`).
+  [B, C, T], ...}`` with ``T`` a length bucket (:func:`~.collate.collate_preference`), or
+  packed rows holding several sequences each (:mod:`.packing`, ``data.packing``).
 """
 
 from __future__ import annotations

@@ -41,6 +41,35 @@ def pad_token_id(tokenizer) -> int:
     return 0
 
 
+def completion_columns(examples: Sequence[PreferenceExample], max_length: int) -> list[list[np.ndarray]]:
+    """Each example's completion columns (``C`` int32 arrays, after its prompt), checked: the
+    example's own completions, or for unpaired (KTO) data its completion and its KL completion
+    (example ``i - 1``'s completion of the global batch, cut to fit ``max_length`` after
+    example ``i``'s prompt). Raises ValueError on an empty or mixed batch, unequal column
+    counts, or a sequence longer than ``max_length``."""
+    if not examples:
+        raise ValueError("cannot collate an empty batch")
+    unpaired = examples[0].label is not None
+    if any((ex.label is not None) != unpaired for ex in examples):
+        raise ValueError("a batch mixes unpaired (labelled) and paired examples")
+    if unpaired:
+        if len(examples) < 2:
+            raise ValueError("unpaired (KTO) batches need >= 2 examples: the KL completion of each "
+                             "example is another example's completion")
+        columns = [[ex.completions[0], examples[i - 1].completions[0][: max_length - len(ex.prompt)]]
+                   for i, ex in enumerate(examples)]
+    else:
+        columns = [list(ex.completions) for ex in examples]
+    C = len(columns[0])
+    if any(len(c) != C for c in columns):
+        raise ValueError(f"examples have different numbers of completion columns ({sorted({len(c) for c in columns})})")
+    longest = max(len(ex.prompt) + len(c) for ex, cols in zip(examples, columns) for c in cols)
+    if longest > max_length:
+        raise ValueError(f"an example is {longest} tokens, longer than max_length={max_length}; tokenise with the "
+                         "same max_length you collate with")
+    return columns
+
+
 def collate_preference(examples: Sequence[PreferenceExample], *, buckets: Sequence[int], max_length: int,
                        pad_id: int, local: slice = slice(None)) -> dict[str, np.ndarray]:
     """A global batch -> NumPy arrays of static, bucketed shape for the rows ``local`` selects
@@ -64,27 +93,10 @@ def collate_preference(examples: Sequence[PreferenceExample], *, buckets: Sequen
     per bucket. Batch first: shard axis 0 and reshape to ``[B * C, T]`` for one forward of
     every column together.
     """
-    if not examples:
-        raise ValueError("cannot collate an empty batch")
-    unpaired = examples[0].label is not None
-    if any((ex.label is not None) != unpaired for ex in examples):
-        raise ValueError("a batch mixes unpaired (labelled) and paired examples")
-    B = len(examples)
-    if unpaired:
-        if B < 2:
-            raise ValueError("unpaired (KTO) batches need >= 2 examples: the KL completion of each "
-                             "example is another example's completion")
-        columns = [[ex.completions[0], examples[i - 1].completions[0][: max_length - len(ex.prompt)]]
-                   for i, ex in enumerate(examples)]
-    else:
-        columns = [list(ex.completions) for ex in examples]
+    columns = completion_columns(examples, max_length)
     C = len(columns[0])
-    if any(len(c) != C for c in columns):
-        raise ValueError(f"examples have different numbers of completion columns ({sorted({len(c) for c in columns})})")
+    unpaired = examples[0].label is not None
     longest = max(len(ex.prompt) + len(c) for ex, cols in zip(examples, columns) for c in cols)
-    if longest > max_length:
-        raise ValueError(f"an example is {longest} tokens, longer than max_length={max_length}; tokenise with the "
-                         "same max_length you collate with")
     T = bucket_length(longest, buckets, max_length)
     examples, columns = examples[local], columns[local]
     B = len(examples)
