@@ -26,8 +26,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxalign.ops import threefry  # noqa: F401  (dropout masks as one fused loop on CPU)
-
 LossFn = Callable[[Any, Any, jax.Array, Any], tuple[jax.Array, dict]]
 
 
