@@ -176,10 +176,11 @@ def padding_stats(embedder, sentences: Sequence[str]) -> dict:
     }
 
 
-def timed(fn: Encode, sentences: Sequence[str]) -> tuple[float, np.ndarray]:
-    start = time.perf_counter()
+def timed(fn: Encode, sentences: Sequence[str]) -> tuple[float, float, np.ndarray]:
+    """(wall s, CPU s of this process over all its threads, embeddings) of one call."""
+    start, cpu = time.perf_counter(), time.process_time()
     out = fn(sentences)
-    return time.perf_counter() - start, out
+    return time.perf_counter() - start, time.process_time() - cpu, out
 
 
 def render(console, r: dict) -> None:
@@ -206,6 +207,10 @@ def render(console, r: dict) -> None:
                   f"jaxalign {pad['jaxalign_positions']} ({pad['jaxalign_positions'] / pad['real_tokens']:.2f}x; "
                   f"batch shapes {shapes}), PyTorch {pad['pytorch_positions']} "
                   f"({pad['pytorch_positions'] / pad['real_tokens']:.2f}x)")
+    cpu = "; ".join(f"{name} {m['median_cpu_s']:.2f} s" for name, m in impls.items())
+    ratios = ", ".join(f"{v:.2f}x {name}" for name, v in r["cpu_ratio_jaxalign_over"].items())
+    console.print(f"CPU time per call (all threads; steadier than wall time when other jobs share the cores): "
+                  f"{cpu}; jaxalign needs 1/{ratios}")
     console.print(machine_summary(r["machine"]))
 
 
@@ -239,14 +244,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     warmup, outputs = {}, {}
     for name, fn in runners.items():
         console.print(f"warm-up: {name} ...")
-        warmup[name], outputs[name] = timed(fn, sentences)
+        warmup[name], _, outputs[name] = timed(fn, sentences)
     times: dict[str, list[float]] = {name: [] for name in runners}
+    cpu_times: dict[str, list[float]] = {name: [] for name in runners}
     for r in range(args.repeats):
         console.print(f"timed round {r + 1}/{args.repeats} ...")
         for name, fn in runners.items():
-            times[name].append(timed(fn, sentences)[0])
+            wall, cpu, _ = timed(fn, sentences)
+            times[name].append(wall)
+            cpu_times[name].append(cpu)
 
     median = {name: statistics.median(t) for name, t in times.items()}
+    median_cpu = {name: statistics.median(t) for name, t in cpu_times.items()}
     throughput = {name: len(sentences) / m for name, m in median.items()}
     cosine = {name: min_cosine(outputs[jax_name], out) for name, out in outputs.items() if name != jax_name}
     threshold = PARITY_MIN_COSINE[args.dtype]
@@ -266,10 +275,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "padding": padding_stats(embedder, sentences),
         "implementations": {
             name: {"warmup_s": warmup[name], "times_s": times[name], "median_s": median[name],
-                   "sentences_per_s": throughput[name]}
+                   "sentences_per_s": throughput[name], "cpu_times_s": cpu_times[name],
+                   "median_cpu_s": median_cpu[name]}
             for name in runners
         },
         "ratio_jaxalign_over": {name: throughput[jax_name] / throughput[name] for name in runners if name != jax_name},
+        "cpu_ratio_jaxalign_over": {name: median_cpu[name] / median_cpu[jax_name] for name in runners
+                                    if name != jax_name},
         "min_cosine_vs_jaxalign": cosine,
         "parity_threshold": threshold,
         "parity_ok": all(c >= threshold for c in cosine.values()),

@@ -300,6 +300,9 @@ def render(console, r: dict) -> None:
                       f"{min(m['times_s']):.3f}-{max(m['times_s']):.3f}", f"{m['first_call_s']:.1f}",
                       f"{100 * m['mfu']:.1f}%", f"{ratio:.2f}x", f"{m['losses'][0]:.4f}, {m['losses'][-1]:.4f}")
     console.print(table)
+    console.print("CPU time per step (all threads; steadier than wall time when other jobs share the cores): "
+                  + ", ".join(f"{name} {m['median_cpu_s']:.2f} s" for name, m in r["implementations"].items())
+                  + f"; jaxalign needs 1/{r['cpu_ratio_jaxalign_over_pytorch']:.2f} of PyTorch's")
     pk = r["matmul_peak"]
     console.print(f"matmul peak ({pk['size']}^3 float32, median): JAX {pk['jax_gflops']:.1f} GFLOP/s, "
                   f"PyTorch {pk['torch_gflops']:.1f} GFLOP/s; MFU uses {pk['peak_gflops']:.1f}. "
@@ -317,6 +320,9 @@ def render(console, r: dict) -> None:
             b.add_row(name, f"{m['forward']:.3f}", f"{m['backward']:.3f}", f"{m['optimiser']:.3f}", f"{m['step']:.3f}",
                       f"{ratio:.2f}x")
         console.print(b)
+        console.print("CPU s (all threads) forward / backward / step: " + "; ".join(
+            f"{name} {m['cpu_s']['forward']:.2f} / {m['cpu_s']['backward']:.2f} / {m['cpu_s']['step']:.2f}"
+            for name, m in r["breakdown"].items()))
     console.print(machine_summary(r["machine"]))
 
 
@@ -364,12 +370,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     peak = matmul_peak(args.peak_size, args.peak_repeats)
     phase("peak")
 
-    breakdown_times = None
+    breakdown_times, breakdown_cpu = None, {}
     if args.breakdown:
         console.print("breakdown: compiling forward-only and forward+backward ...")
         partial = {"jaxalign": jx.partial_runners(), "pytorch": th.partial_runners()}
         breakdown_times = interleave({f"{side} {part}": fn for side, parts in partial.items()
-                                      for part, fn in parts.items()}, args.steps)
+                                      for part, fn in parts.items()}, args.steps, cpu=breakdown_cpu)
         phase("breakdown")
 
     console.print("step: first call (jaxalign compiles) ...")
@@ -392,7 +398,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             side.step()
         return call
 
-    times = interleave({"jaxalign": timed_step(jx), "pytorch": timed_step(th)}, args.steps)
+    cpu_times: dict[str, list[float]] = {}
+    times = interleave({"jaxalign": timed_step(jx), "pytorch": timed_step(th)}, args.steps, cpu=cpu_times)
     phase("timed_steps")
     jx.record_loss()
     th.record_loss()
@@ -405,6 +412,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         impls[name] = {"times_s": times[name], "median_step_s": med, "first_call_s": first[name],
                        "examples_per_s": args.batch_size / med, "sequences_per_s": 2 * args.batch_size / med,
                        "achieved_gflops": flops["total"] / med / 1e9, "mfu": flops["total"] / (med * peak_flops),
+                       "cpu_times_s": cpu_times[name], "median_cpu_s": statistics.median(cpu_times[name]),
                        "losses": side.losses}
     breakdown = None
     if breakdown_times is not None:
@@ -413,7 +421,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             fwd = statistics.median(breakdown_times[f"{name} forward"])
             fb = statistics.median(breakdown_times[f"{name} forward+backward"])
             step = impls[name]["median_step_s"]
+            cpu_fwd = statistics.median(breakdown_cpu[f"{name} forward"])
+            cpu_fb = statistics.median(breakdown_cpu[f"{name} forward+backward"])
             breakdown[name] = {"forward": fwd, "forward+backward": fb, "backward": fb - fwd, "optimiser": step - fb,
+                               "cpu_s": {"forward": cpu_fwd, "forward+backward": cpu_fb, "backward": cpu_fb - cpu_fwd,
+                                         "step": impls[name]["median_cpu_s"]},
                                "step": step, "times_s": {k.split(" ", 1)[1]: v for k, v in breakdown_times.items()
                                                          if k.startswith(name)}}
     machine = machine_info("torch", "transformers")
@@ -436,6 +448,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "matmul_peak": peak,
         "implementations": impls,
         "ratio_jaxalign_over_pytorch": impls["jaxalign"]["examples_per_s"] / impls["pytorch"]["examples_per_s"],
+        "cpu_ratio_jaxalign_over_pytorch": impls["pytorch"]["median_cpu_s"] / impls["jaxalign"]["median_cpu_s"],
         "parity": parity,
         "breakdown": breakdown,
         "phase_s": phase.seconds,

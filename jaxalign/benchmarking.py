@@ -20,16 +20,21 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def interleave(runners: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
+def interleave(runners: dict[str, Callable[[], object]], rounds: int,
+               cpu: dict[str, list[float]] | None = None) -> dict[str, list[float]]:
     """Seconds per call of each runner, ``rounds`` calls each; the order reverses every round,
-    so that drifts in machine load fall on every runner alike."""
+    so that drifts in machine load fall on every runner alike. ``cpu``, if given, receives each
+    call's CPU seconds (this process, all threads): the work done, which other jobs on the
+    machine disturb far less than the wall time."""
     times: dict[str, list[float]] = {name: [] for name in runners}
     names = list(runners)
     for r in range(rounds):
         for name in names if r % 2 == 0 else names[::-1]:
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             runners[name]()
             times[name].append(time.perf_counter() - start)
+            if cpu is not None:
+                cpu.setdefault(name, []).append(time.process_time() - cpu_start)
     return times
 
 

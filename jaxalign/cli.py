@@ -57,7 +57,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                         "Llama/Qwen2/Qwen3/Mistral decoders) or a decoder's .gguf file. Default: %(default)s")
     g.add_argument("--dtype", choices=DTYPES, default="float32",
                    help="compute dtype; parameters stay float32 and pooling is done in float32. Default: %(default)s")
-    g.add_argument("--batch-size", type=int, default=64, help="sentences per compiled batch. Default: %(default)s")
+    g.add_argument("--batch-size", type=int, default=64, help="most sentences per compiled batch (fewer for long sentences, at most 2048 padded "
+                        "tokens a batch). Default: %(default)s")
     g.add_argument("--max-length", type=int, default=None,
                    help="truncate to this many tokens (default: the model's max_seq_length, else its position limit)")
     g.add_argument("--mesh", default=None, metavar="DATA,FSDP,TENSOR",
@@ -622,6 +623,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", "--debug", action="store_true", dest="verbose",
                         help="log loading details, and show the traceback of an error instead of its one-line message "
                              "(errors that are not bad input always show theirs)")
+    parser.add_argument("--compilation-cache", default=None, metavar="DIR",
+                        help="keep compiled programs in DIR across runs (JAX's persistent compilation cache), so that "
+                             "a later run with the same shapes skips compiling them; JAX_COMPILATION_CACHE_DIR does "
+                             "the same. Default: off")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("embed", help="embed sentences (one per line) into a .npy matrix",
@@ -941,6 +946,10 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(args, "coordinator"):  # commands without launch flags (plot) never join a run
             _join(args)
         distributed.configure_logging(logging.INFO if args.verbose else logging.WARNING)
+        if args.compilation_cache is not None:
+            from jaxalign import compile_cache
+
+            compile_cache.enable(args.compilation_cache)
         return args.func(args)
     except (ValueError, FileNotFoundError, distributed.DistributedError) as e:
         # Our loaders raise ValueError subclasses (ConfigError, DataFormatError, CheckpointError,
