@@ -128,7 +128,8 @@ class PreferenceObjective:
 
     def logps(self, params: dict, batch: dict, **kw):
         return sequence_logps(self.decoder, params, batch, chunk=self.cfg.logps_chunk,
-                              ld_alpha=getattr(self.cfg, "ld_alpha", None), **kw)
+                              ld_alpha=getattr(self.cfg, "ld_alpha", None),
+                              logits_memory_mb=self.cfg.logits_memory_mb, **kw)
 
     def loss(self, params: dict, batch: dict, rng: jax.Array, frozen: dict) -> tuple[jax.Array, dict]:
         """``(params, batch, rng, frozen) -> (loss, metrics)``, the engine's loss signature."""

@@ -3,7 +3,8 @@
 :func:`sequence_logps` is the pure function every preference objective and evaluator reads:
 ``[B, C, T]`` token columns (chosen and rejected, or every completion column) through the
 decoder in one forward, per-token log-probs through the LM head in chunks
-(:mod:`jaxalign.ops.logprobs`), so the ``[B*C, T, V]`` logits never exist.
+(:mod:`jaxalign.ops.logprobs`), so the ``[B*C, T, V]`` logits never exist -- unless they fit a
+memory budget, when they are made whole once and nothing is recomputed.
 :func:`score_examples` runs it over a list of tokenised examples in global batches across the
 mesh (every process scores its rows; all receive every score), as reference precomputation,
 PoFT's aligned models and preference evaluation need.
@@ -22,7 +23,7 @@ from jaxalign.data.preference.tokens import TokenizedPreference
 from jaxalign.data.stream import to_global
 from jaxalign.losses.dpo import ld_logps, wpo_weights
 from jaxalign.models.decoders import Decoder
-from jaxalign.ops.logprobs import completion_logps
+from jaxalign.ops.logprobs import completion_logps, logits_chunk
 from jaxalign.sharding.rules import named_sharding
 
 TOKEN_AXES = {"input_ids": ("batch", None, "length"), "attention_mask": ("batch", None, "length"),
@@ -30,7 +31,7 @@ TOKEN_AXES = {"input_ids": ("batch", None, "length"), "attention_mask": ("batch"
 
 
 def sequence_logps(decoder: Decoder, params: dict, batch: dict, *, chunk: int, ld_alpha: float | None = None,
-                   weights: bool = False):
+                   weights: bool = False, logits_memory_mb: float = 0.0):
     """Summed completion log-probs and completion lengths of ``batch`` under ``params``.
 
     Args:
@@ -41,6 +42,8 @@ def sequence_logps(decoder: Decoder, params: dict, batch: dict, *, chunk: int, l
       ld_alpha: LD-DPO's weight of the longer completion's tail (:func:`jaxalign.losses.ld_logps`);
         ``None``: plain sums.
       weights: also WPO's per-pair weights.
+      logits_memory_mb: whole ``[B*C, T-1, V]`` logits, not chunked, when they fit in this many MiB
+        (:func:`jaxalign.ops.logprobs.logits_chunk`); 0: always chunked.
 
     Returns:
       ``(summed [B, C], lengths [B, C])``, and with ``weights`` WPO's ``[B]`` weights third.
@@ -49,8 +52,9 @@ def sequence_logps(decoder: Decoder, params: dict, batch: dict, *, chunk: int, l
     b, c, t = ids.shape
     flat = lambda x: x.reshape(b * c, t)
     hidden = decoder.hidden(params, flat(ids), flat(batch["attention_mask"]))
-    out = completion_logps(hidden, decoder.unembed_kernel(params), flat(ids), flat(batch["loss_mask"]), chunk=chunk,
-                           log_sum_sq=weights)
+    unembed = decoder.unembed_kernel(params)
+    chunk = logits_chunk(b * c, t - 1, unembed.shape[-1], chunk=chunk, memory_mb=logits_memory_mb)
+    out = completion_logps(hidden, unembed, flat(ids), flat(batch["loss_mask"]), chunk=chunk, log_sum_sq=weights)
     unflat = lambda x: x.reshape(b, c, t - 1)
     summed = (ld_logps(unflat(out.per_token), unflat(out.mask), ld_alpha) if ld_alpha is not None
               else out.summed.reshape(b, c))

@@ -9,6 +9,12 @@ per position, and dropped. The chunk body is rematerialised (``jax.checkpoint``)
 backward pass also holds one chunk of logits at a time. :func:`map_chunks` is that loop for
 any per-position reduction of logits (WPO's ``log Σ p²`` here, the teachers' terms of
 :mod:`jaxalign.ops.teacher`).
+
+Chunking costs a second LM-head matmul in the backward pass (about a tenth more FLOPs for a
+small model with a large vocabulary), wasted whenever the whole logits fit in memory.
+:func:`logits_chunk` picks the chunk from a memory budget: the whole sequence as one chunk,
+computed once and not rematerialised, when it fits; ``chunk`` positions otherwise. Both are
+exact: only what is kept for the backward pass differs.
 """
 
 from __future__ import annotations
@@ -21,8 +27,9 @@ import jax.numpy as jnp
 
 
 def lm_logits(hidden: jax.Array, unembed: jax.Array) -> jax.Array:
-    """``[N, c, H] @ [H, V] -> [N, c, V]`` logits, accumulated in float32."""
-    return jnp.einsum("nch,hv->ncv", hidden, unembed.astype(hidden.dtype), preferred_element_type=jnp.float32)
+    """``[N, c, H] @ [H, V] -> [N, c, V]`` logits, accumulated in float32 (float64 stays float64)."""
+    return jnp.einsum("nch,hv->ncv", hidden, unembed.astype(hidden.dtype),
+                      preferred_element_type=jnp.promote_types(hidden.dtype, jnp.float32))
 
 
 def map_chunks(fn: Callable, arrays: Sequence[jax.Array], *, chunk: int):
@@ -32,10 +39,12 @@ def map_chunks(fn: Callable, arrays: Sequence[jax.Array], *, chunk: int):
     ``[N, chunk, ...]`` arrays; the result is that pytree with ``[N, T, ...]`` leaves. ``fn``
     is rematerialised, so neither pass holds more than one chunk of whatever it makes inside
     (the logits). ``T`` need not divide by ``chunk``: the last chunk is padded and its extra
-    positions dropped.
+    positions dropped. ``chunk >= T`` is one chunk: ``fn`` on the whole arrays, not
+    rematerialised (its intermediates are kept for the backward pass, nothing is recomputed).
     """
     n, t = arrays[0].shape[:2]
-    chunk = min(chunk, t)
+    if chunk >= t:
+        return fn(*arrays)
     num = -(-t // chunk)
     pad = num * chunk - t
 
@@ -48,6 +57,19 @@ def map_chunks(fn: Callable, arrays: Sequence[jax.Array], *, chunk: int):
     one = jax.checkpoint(fn)
     _, out = jax.lax.scan(lambda carry, xs: (carry, one(*xs)), None, tuple(split(x) for x in arrays))
     return jax.tree.map(lambda o: o.swapaxes(0, 1).reshape(n, num * chunk, *o.shape[3:])[:, :t], out)
+
+
+# Bytes per float32 logit a differentiated whole-logits pass holds at its peak: the logits, their
+# softmax (kept for the backward pass) and their cotangent.
+LOGIT_BYTES = 3 * 4
+
+
+def logits_chunk(rows: int, length: int, vocab: int, *, chunk: int, memory_mb: float) -> int:
+    """The chunk for :func:`map_chunks`: ``length`` (whole logits, no recomputation) when
+    ``rows x length x vocab`` float32 logits, with their softmax and gradient
+    (:data:`LOGIT_BYTES` each), fit in ``memory_mb`` MiB; else ``chunk``. ``rows`` counts the
+    global batch's rows, so under data parallelism the budget is conservative."""
+    return length if rows * length * vocab * LOGIT_BYTES <= memory_mb * 2**20 else chunk
 
 
 def token_logps(hidden: jax.Array, unembed: jax.Array, targets: jax.Array, *, chunk: int = 64,
