@@ -336,14 +336,15 @@ class JaxSide:
             "objective.name=dpo", f"objective.beta={BETA}", "objective.loss_type=sigmoid", "objective.reference=model",
             f"optim.lr={LR}", "optim.schedule=constant", "optim.weight_decay=0.0", "optim.clip_norm=1.0",
             "mesh.data=1", "eval.data=null", f"steps={TOTAL_STEPS}",
-        ] + ([f"objective.logits_memory_mb={args.logits_memory_mb}"] if args.logits_memory_mb is not None else [])
+        ] + ([f"objective.logits_memory_mb={args.logits_memory_mb}"] if args.logits_memory_mb is not None else []) \
+          + ([f"data.max_completion_length={args.length - args.prompt_length}"] if args.tokens == "random" else [])
         self.jax = jax
         self.cfg = load_recipe(TrainConfig, None, self.overrides)
         obj, vocab = self.cfg.objective, json.loads((model_dir / "config.json").read_text())["vocab_size"]
-        chunk = logits_chunk(2 * args.pairs, args.length - 1, vocab, chunk=obj.logps_chunk,
-                             memory_mb=obj.logits_memory_mb)
-        self.logits_mode = (f"whole [{2 * args.pairs}, {args.length - 1}, {vocab}] logits (fit "
-                            f"objective.logits_memory_mb={obj.logits_memory_mb:g})" if chunk >= args.length - 1 else
+        width = args.length - 1 if self.cfg.data.max_completion_length is None else self.cfg.data.max_completion_length
+        chunk = logits_chunk(2 * args.pairs, width, vocab, chunk=obj.logps_chunk, memory_mb=obj.logits_memory_mb)
+        self.logits_mode = (f"whole [{2 * args.pairs}, {width}, {vocab}] logits (fit "
+                            f"objective.logits_memory_mb={obj.logits_memory_mb:g})" if chunk >= width else
                             f"chunks of {chunk} positions, rematerialised (whole logits over "
                             f"objective.logits_memory_mb={obj.logits_memory_mb:g})")
         self.run = Run.build(self.cfg, devices=jax.devices()[:1])

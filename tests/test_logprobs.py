@@ -74,3 +74,34 @@ def test_logits_chunk_follows_the_memory_budget():
     assert logits_chunk(8, 255, 49152, chunk=64, memory_mb=need) == 255  # fits: whole, no recomputation
     assert logits_chunk(8, 255, 49152, chunk=64, memory_mb=need - 1) == 64
     assert logits_chunk(8, 255, 49152, chunk=64, memory_mb=0) == 64  # 0: always chunked
+
+
+def test_completion_window_equals_every_position_in_float64():
+    """With no completion longer than ``window``, the LM head on the window's positions only gives
+    the same summed log-probs, WPO term and gradients as on every position: prompts of different
+    lengths, a completion ending at the last token (its window moved left), one mid-row, and a row
+    without completion tokens."""
+    with jax.enable_x64(True):
+        k = jax.random.split(jax.random.PRNGKey(3), 3)
+        hidden = jax.random.normal(k[0], (4, 12, 8), jnp.float64)
+        unembed = jax.random.normal(k[1], (8, 30), jnp.float64)
+        ids = jax.random.randint(k[2], (4, 12), 0, 30)
+        mask = np.zeros((4, 12), np.int32)
+        mask[0, 3:7] = 1  # 4 tokens after a 3-token prompt
+        mask[1, 9:12] = 1  # 3 tokens ending at the last one: the window moves left into the prompt
+        mask[2, 1:5] = 1
+        window = 4
+
+        def sums(h, w, win):
+            out = completion_logps(h, w, ids, mask, chunk=5, log_sum_sq=True, window=win)
+            wpo = (out.log_sum_sq * out.mask).sum(-1)
+            return out.summed, out.lengths, wpo, out.per_token.shape[1]
+
+        full, windowed = sums(hidden, unembed, None), sums(hidden, unembed, window)
+        assert (full[3], windowed[3]) == (11, window)
+        for a, b in zip(full[:3], windowed[:3]):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+        np.testing.assert_array_equal(windowed[1], [4, 3, 4, 0])
+        grad = lambda win: jax.grad(lambda h, w: sums(h, w, win)[0].sum(), argnums=(0, 1))(hidden, unembed)
+        for a, b in zip(grad(None), grad(window)):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)

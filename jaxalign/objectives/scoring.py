@@ -31,7 +31,7 @@ TOKEN_AXES = {"input_ids": ("batch", None, "length"), "attention_mask": ("batch"
 
 
 def sequence_logps(decoder: Decoder, params: dict, batch: dict, *, chunk: int, ld_alpha: float | None = None,
-                   weights: bool = False, logits_memory_mb: float = 0.0):
+                   weights: bool = False, logits_memory_mb: float = 0.0, window: int | None = None):
     """Summed completion log-probs and completion lengths of ``batch`` under ``params``.
 
     Args:
@@ -44,6 +44,8 @@ def sequence_logps(decoder: Decoder, params: dict, batch: dict, *, chunk: int, l
       weights: also WPO's per-pair weights.
       logits_memory_mb: whole ``[B*C, T-1, V]`` logits, not chunked, when they fit in this many MiB
         (:func:`jaxalign.ops.logprobs.logits_chunk`); 0: always chunked.
+      window: no completion is longer than this (the data's ``max_completion_length``): the LM
+        head runs on that many positions per row only (:func:`jaxalign.ops.logprobs.completion_logps`).
 
     Returns:
       ``(summed [B, C], lengths [B, C])``, and with ``weights`` WPO's ``[B]`` weights third.
@@ -53,9 +55,11 @@ def sequence_logps(decoder: Decoder, params: dict, batch: dict, *, chunk: int, l
     flat = lambda x: x.reshape(b * c, t)
     hidden = decoder.hidden(params, flat(ids), flat(batch["attention_mask"]))
     unembed = decoder.unembed_kernel(params)
-    chunk = logits_chunk(b * c, t - 1, unembed.shape[-1], chunk=chunk, memory_mb=logits_memory_mb)
-    out = completion_logps(hidden, unembed, flat(ids), flat(batch["loss_mask"]), chunk=chunk, log_sum_sq=weights)
-    unflat = lambda x: x.reshape(b, c, t - 1)
+    width = t - 1 if window is None else min(window, t - 1)
+    chunk = logits_chunk(b * c, width, unembed.shape[-1], chunk=chunk, memory_mb=logits_memory_mb)
+    out = completion_logps(hidden, unembed, flat(ids), flat(batch["loss_mask"]), chunk=chunk, log_sum_sq=weights,
+                           window=window)
+    unflat = lambda x: x.reshape(b, c, width)
     summed = (ld_logps(unflat(out.per_token), unflat(out.mask), ld_alpha) if ld_alpha is not None
               else out.summed.reshape(b, c))
     lengths = out.lengths.reshape(b, c)

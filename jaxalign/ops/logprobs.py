@@ -93,7 +93,9 @@ def token_logps(hidden: jax.Array, unembed: jax.Array, targets: jax.Array, *, ch
 
 
 class CompletionLogps(NamedTuple):
-    """Per-token log-probs of completion tokens, ``[N, T-1]``, position ``t`` scoring token ``t+1``."""
+    """Per-token log-probs of completion tokens, ``[N, W]``: ``W = T-1`` positions, position ``t``
+    scoring token ``t+1``, or a window of ``W`` consecutive positions per row that holds the
+    whole completion (:func:`completion_logps`'s ``window``)."""
 
     per_token: jax.Array  # 0 off the completion
     mask: jax.Array  # float32, 1 at completion tokens
@@ -108,15 +110,32 @@ class CompletionLogps(NamedTuple):
         return self.mask.sum(-1)
 
 
+def completion_window(loss_mask: jax.Array, window: int) -> jax.Array:
+    """``[N, window]`` indices of ``window`` consecutive positions per row that hold every
+    position where ``loss_mask`` [N, P] is 1, given that these form one run of at most
+    ``window`` (a completion after its prompt): from the run's start, moved left where the row
+    ends first. Rows without a 1 get the first ``window`` positions."""
+    start = jnp.minimum(jnp.argmax(loss_mask > 0, axis=1), loss_mask.shape[1] - window)
+    return start[:, None] + jnp.arange(window)
+
+
 def completion_logps(hidden: jax.Array, unembed: jax.Array, input_ids: jax.Array, loss_mask: jax.Array, *,
-                     chunk: int = 64, log_sum_sq: bool = False) -> CompletionLogps:
+                     chunk: int = 64, log_sum_sq: bool = False, window: int | None = None) -> CompletionLogps:
     """Log-probs of each sequence's completion tokens.
 
     hidden: [N, T, H] for input_ids [N, T]; loss_mask [N, T] is 1 at completion *tokens*
     (token t is predicted by position t-1, so position t-1's log-prob counts when
-    ``loss_mask[t]``).
+    ``loss_mask[t]``). ``window``: no completion is longer than this many tokens (the data's
+    ``max_completion_length``), so the LM head runs only on the ``window`` positions per row
+    that hold it (:func:`completion_window`), not on the prompt's: the same sums, at a fraction
+    of the LM head's cost when prompts are long. The outputs are then ``[N, window]``.
     """
     mask = loss_mask[:, 1:].astype(jnp.float32)
-    out = token_logps(hidden[:, :-1], unembed, input_ids[:, 1:], chunk=chunk, log_sum_sq=log_sum_sq)
+    hidden, targets = hidden[:, :-1], input_ids[:, 1:]
+    if window is not None and window < mask.shape[1]:
+        idx = completion_window(mask, window)
+        hidden = jnp.take_along_axis(hidden, idx[..., None], axis=1)
+        targets, mask = jnp.take_along_axis(targets, idx, axis=1), jnp.take_along_axis(mask, idx, axis=1)
+    out = token_logps(hidden, unembed, targets, chunk=chunk, log_sum_sq=log_sum_sq)
     per_token, lss = out if log_sum_sq else (out, None)
     return CompletionLogps(per_token * mask, mask, lss)
