@@ -7,7 +7,10 @@ tokens per second and MFU, for up to three implementations (``--peers``), on the
 * ``jaxalign``: the engine's real step, ``jaxalign.training.trainer.Run.step_fn()`` (jit with explicit
   shardings, donated state): one policy forward + backward over the ``2 x pairs`` chosen and
   rejected rows, the reference forward (no gradient) over the same rows, per-token log-probs
-  through the LM head in chunks, the DPO loss, the non-finite guard,
+  through the LM head (on the completion's positions only: with ``--tokens random`` the config
+  sets ``data.max_completion_length``, the completion width, which is what Tunix's
+  ``logits_to_keep`` is; whole logits when they fit ``objective.logits_memory_mb``, else
+  chunked and rematerialised: ``--logits-memory-mb``), the DPO loss, the non-finite guard,
   ``optax.clip_by_global_norm(1.0)`` and AdamW (constant lr, weight decay 0);
 * ``trl``: TRL's ``DPOTrainer`` with the same settings (``bf16=False``, float32 weights,
   ``gradient_checkpointing=False`` like jaxalign, dropout off, ``max_grad_norm=1.0``, Transformers'
@@ -56,6 +59,10 @@ hidden ``H``, KV width ``K = kv_heads x head_dim``, intermediate ``I``, vocab ``
   T x T, not halved for the causal mask);
 * reference forward ``2 N_mm R T``, plus attention ``4 L R T^2 H``;
 * not counted: element-wise work, the embedding gradient's scatter, the optimiser.
+
+The count is the same nominal work for every side (the LM head on all ``R x T`` positions), so
+MFU compares like with like even where an implementation skips work it does not need (jaxalign's
+LM head on the completion's positions only, Tunix's ``logits_to_keep``).
 
 MFU = FLOPs (policy + reference) / (median step time x peak); the JSON also gives MFU without the
 reference forward. Tokens/s counts the policy's ``R x T`` token positions per step (the reference
