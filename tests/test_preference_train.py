@@ -235,17 +235,20 @@ def test_tr_dpo_mixes_the_reference_and_resumes_it(tmp_path):
     assert_trees_close(jax.device_get(resumed["state"].tracked), tracked)
 
 
-def test_logits_are_never_materialised():
-    """Chunking the LM head saves more than a whole [rows, T, V] float32 logits tensor of the
-    compiled step's temporaries, against the same step with a single chunk (the full logits)."""
+def test_logits_are_whole_within_the_memory_budget_and_chunked_beyond_it():
+    """Over objective.logits_memory_mb (0 here) the LM head runs in chunks of 16 positions; within
+    the default budget, which this small model's logits fit, it keeps the whole [rows, T-1, V]
+    float32 logits for the backward pass: the compiled step's temporaries grow by most of one such
+    tensor (the chunked step holds a chunk of it and some of the same buffers)."""
     temps = {}
-    for chunk in (96, 16):
-        run = Run.build(config("mesh.data=1", f"objective.logps_chunk={chunk}"), devices=jax.devices()[:1])
+    for budget in ("2048", "0"):
+        run = Run.build(config("mesh.data=1", "objective.logps_chunk=16", f"objective.logits_memory_mb={budget}"),
+                        devices=jax.devices()[:1])
         local = run.task.next_batch()
-        temps[chunk] = compiled_temp_bytes(run, local)
+        temps[budget] = compiled_temp_bytes(run, local)
     b, c, t = local["input_ids"].shape
-    logits_bytes = b * c * t * run.task.decoder.config.vocab_size * 4
-    assert temps[16] < temps[96] - logits_bytes, (temps, logits_bytes)
+    logits_bytes = b * c * (t - 1) * run.task.decoder.config.vocab_size * 4
+    assert temps["2048"] - temps["0"] > logits_bytes / 2, (temps, logits_bytes)
 
 
 def compiled_temp_bytes(run: Run, local: dict) -> int:
@@ -329,3 +332,17 @@ def test_remat_saves_activation_memory():
 def test_bad_settings_fail_before_compiling(overrides, message):
     with pytest.raises((ValueError, ConfigError), match=message):
         Run.build(config("mesh.data=1", *overrides), devices=jax.devices()[:1])
+
+
+def test_completion_window_gives_the_same_loss_and_gradients(single):
+    """data.max_completion_length bounds every completion, so the LM head runs on that many
+    positions per row only: same loss, log-probs and gradients on the same batch."""
+    run, local, (loss, metrics, grads) = single
+    cap = int(local["loss_mask"].sum(-1).max())
+    assert cap < local["input_ids"].shape[-1] - 1  # the window is narrower than the rows
+    windowed = Run.build(config("mesh.data=1", f"data.max_completion_length={cap}"), devices=jax.devices()[:1])
+    assert windowed.task.objective.completion_window == cap
+    w_loss, w_metrics, w_grads = loss_and_grads(windowed, local)
+    assert w_loss == pytest.approx(loss, rel=1e-6)
+    assert w_metrics["logps/chosen"] == pytest.approx(metrics["logps/chosen"], rel=1e-5)
+    assert_trees_close(w_grads, grads)

@@ -281,9 +281,12 @@ class PreferenceConfig(ObjectiveBase):
     family: ClassVar[str] = "preference"
     data_kinds: ClassVar[tuple[str, ...]] = ("preference",)
     logps_chunk: int = 64
+    logits_memory_mb: float = 2048.0
 
     def __post_init__(self):
         _check(self.logps_chunk >= 1, f"objective.logps_chunk={self.logps_chunk}: must be >= 1")
+        _check(self.logits_memory_mb >= 0, f"objective.logits_memory_mb={self.logits_memory_mb}: must be >= 0 "
+                                           "(0: always chunked)")
         _check(self.reward_beta > 0, f"objective.beta={self.reward_beta}: must be > 0")
         names = self.loss_names
         try:
@@ -347,6 +350,10 @@ class DPO(WithReferenceConfig):
       ref_model_mixup_alpha: TR-DPO's a.
       ref_model_sync_steps: TR-DPO's period, in optimiser updates.
       logps_chunk: sequence positions per LM-head chunk: [rows, chunk, vocab] logits at a time.
+      logits_memory_mb: the policy's and reference's log-probs use the whole [rows, length, vocab]
+        float32 logits, computed once (no recomputation in the backward pass), when they, their
+        softmax and their gradient fit in this many MiB (jaxalign.ops.logprobs.logits_chunk);
+        chunks of logps_chunk positions, rematerialised, otherwise. 0: always chunked.
     """
 
     name: Literal["dpo"] = "dpo"
@@ -403,6 +410,7 @@ class SimPO(PreferenceConfig):
       label_smoothing: ε in [0, 0.5].
       cpo_alpha: weight of the chosen NLL; 0: pure SimPO.
       logps_chunk: sequence positions per LM-head chunk.
+      logits_memory_mb: whole logits, not chunked, when they fit this many MiB (as DPO's); 0: always chunked.
     """
 
     name: Literal["simpo"] = "simpo"
@@ -425,6 +433,7 @@ class CPO(PreferenceConfig):
       cpo_alpha: weight of the NLL (behaviour-cloning) term.
       label_smoothing: ε in [0, 0.5].
       logps_chunk: sequence positions per LM-head chunk.
+      logits_memory_mb: whole logits, not chunked, when they fit this many MiB (as DPO's); 0: always chunked.
     """
 
     name: Literal["cpo"] = "cpo"
@@ -443,6 +452,7 @@ class ORPO(PreferenceConfig):
     Attributes:
       beta: λ, the weight of the odds-ratio term (TRL's ORPOConfig.beta).
       logps_chunk: sequence positions per LM-head chunk.
+      logits_memory_mb: whole logits, not chunked, when they fit this many MiB (as DPO's); 0: always chunked.
     """
 
     name: Literal["orpo"] = "orpo"
@@ -456,6 +466,7 @@ class ASFT(PreferenceConfig):
     Attributes:
       beta: λ, the weight of the alignment term (the paper gives none; 0.1 is ORPO's).
       logps_chunk: sequence positions per LM-head chunk.
+      logits_memory_mb: whole logits, not chunked, when they fit this many MiB (as DPO's); 0: always chunked.
     """
 
     name: Literal["asft"] = "asft"
@@ -474,6 +485,7 @@ class KTO(WithReferenceConfig):
       reference: model only: the KL completions are paired within each batch.
       reference_model: the reference model; null: the initial policy.
       logps_chunk: sequence positions per LM-head chunk.
+      logits_memory_mb: whole logits, not chunked, when they fit this many MiB (as DPO's); 0: always chunked.
     """
 
     name: Literal["kto"] = "kto"
@@ -502,6 +514,7 @@ class D2O(WithReferenceConfig):
       reference: model or precomputed, as DPO's.
       reference_model: the reference model; null: the initial policy.
       logps_chunk: sequence positions per LM-head chunk.
+      logits_memory_mb: whole logits, not chunked, when they fit this many MiB (as DPO's); 0: always chunked.
     """
 
     name: Literal["d2o"] = "d2o"
@@ -523,6 +536,7 @@ class PoFT(PreferenceConfig):
       beta: β, the scale of the Bradley-Terry logit (1 in the paper).
       aligned_models: the M aligned models scoring each target.
       logps_chunk: sequence positions per LM-head chunk.
+      logits_memory_mb: whole logits, not chunked, when they fit this many MiB (as DPO's); 0: always chunked.
     """
 
     name: Literal["poft"] = "poft"
@@ -551,6 +565,7 @@ class DCKD(PreferenceConfig):
       chosen_weight: w_c, the chosen completion's KL.
       rejected_weight: w_r, the rejected completion's KL.
       logps_chunk: sequence positions per LM-head chunk.
+      logits_memory_mb: unused: the teacher terms are always chunked (logps_chunk).
     """
 
     name: Literal["dckd"] = "dckd"
@@ -583,6 +598,7 @@ class ADPA(PreferenceConfig):
       teacher: the aligned (DPO-trained) teacher LM (same vocabulary).
       teacher_reference: the teacher's reference model (same vocabulary).
       logps_chunk: sequence positions per LM-head chunk.
+      logits_memory_mb: unused: the teacher terms are always chunked (logps_chunk).
     """
 
     name: Literal["adpa"] = "adpa"
@@ -609,6 +625,7 @@ class Reward(PreferenceConfig):
       center_rewards_coefficient: weight of the reward-centring term (TRL ``RewardConfig``,
         Eisenstein et al. 2023); 0: off (TRL's null).
       logps_chunk: unused: a reward model runs no LM head.
+      logits_memory_mb: unused.
     """
 
     name: Literal["reward"] = "reward"

@@ -107,6 +107,8 @@ class PreferenceObjective:
       lora_scale: ``alpha / rank`` when the policy is LoRA adapters over a frozen base, else None.
       sync_period: TR-DPO: micro-steps between reference syncs (``ref_model_sync_steps`` ×
         ``grad_accum``); 0 when the reference is not tracked.
+      completion_window: the data's ``max_completion_length`` (no completion is longer), so the
+        LM head runs only on that many positions per row; None: on every position.
     """
 
     cfg: objectives.PreferenceConfig
@@ -114,6 +116,7 @@ class PreferenceObjective:
     teachers: dict[str, Decoder] = dataclasses.field(default_factory=dict)
     lora_scale: float | None = None
     sync_period: int = 0
+    completion_window: int | None = None
 
     def policy_params(self, params: dict, frozen: dict) -> dict:
         if "lora" in params:
@@ -128,7 +131,8 @@ class PreferenceObjective:
 
     def logps(self, params: dict, batch: dict, **kw):
         return sequence_logps(self.decoder, params, batch, chunk=self.cfg.logps_chunk,
-                              ld_alpha=getattr(self.cfg, "ld_alpha", None), **kw)
+                              ld_alpha=getattr(self.cfg, "ld_alpha", None),
+                              logits_memory_mb=self.cfg.logits_memory_mb, window=self.completion_window, **kw)
 
     def loss(self, params: dict, batch: dict, rng: jax.Array, frozen: dict) -> tuple[jax.Array, dict]:
         """``(params, batch, rng, frozen) -> (loss, metrics)``, the engine's loss signature."""

@@ -3,7 +3,8 @@
 :func:`sequence_logps` is the pure function every preference objective and evaluator reads:
 ``[B, C, T]`` token columns (chosen and rejected, or every completion column) through the
 decoder in one forward, per-token log-probs through the LM head in chunks
-(:mod:`jaxalign.ops.logprobs`), so the ``[B*C, T, V]`` logits never exist.
+(:mod:`jaxalign.ops.logprobs`), so the ``[B*C, T, V]`` logits never exist -- unless they fit a
+memory budget, when they are made whole once and nothing is recomputed.
 :func:`score_examples` runs it over a list of tokenised examples in global batches across the
 mesh (every process scores its rows; all receive every score), as reference precomputation,
 PoFT's aligned models and preference evaluation need.
@@ -24,7 +25,7 @@ from jaxalign.data.stream import to_global
 from jaxalign.losses.dpo import ld_logps, wpo_weights
 from jaxalign.models.decoders import Decoder
 from jaxalign.ops.attention import BranchSegments
-from jaxalign.ops.logprobs import completion_logps, token_logps
+from jaxalign.ops.logprobs import completion_logps, logits_chunk, token_logps
 from jaxalign.sharding.rules import named_sharding
 
 TOKEN_AXES = {"input_ids": ("batch", None, "length"), "attention_mask": ("batch", None, "length"),
@@ -36,7 +37,7 @@ PACKED_AXES = {**{k: ("batch", "length") for k in ("input_ids", "attention_mask"
 
 
 def sequence_logps(decoder: Decoder, params: dict, batch: dict, *, chunk: int, ld_alpha: float | None = None,
-                   weights: bool = False):
+                   weights: bool = False, logits_memory_mb: float = 0.0, window: int | None = None):
     """Summed completion log-probs and completion lengths of ``batch`` under ``params``.
 
     Args:
@@ -48,20 +49,28 @@ def sequence_logps(decoder: Decoder, params: dict, batch: dict, *, chunk: int, l
       ld_alpha: LD-DPO's weight of the longer completion's tail (:func:`jaxalign.losses.ld_logps`);
         ``None``: plain sums.
       weights: also WPO's per-pair weights.
+      logits_memory_mb: whole ``[B*C, T-1, V]`` logits, not chunked, when they fit in this many MiB
+        (:func:`jaxalign.ops.logprobs.logits_chunk`); 0: always chunked.
+      window: no completion is longer than this (the data's ``max_completion_length``): the LM
+        head runs on that many positions per row only (:func:`jaxalign.ops.logprobs.completion_logps`).
 
     Returns:
       ``(summed [B, C], lengths [B, C])``, and with ``weights`` WPO's ``[B]`` weights third.
     """
     if "token_index" in batch:
-        per_token, mask, lss = packed_token_logps(decoder, params, batch, chunk=chunk, log_sum_sq=weights)
+        per_token, mask, lss = packed_token_logps(decoder, params, batch, chunk=chunk, log_sum_sq=weights,
+                                                  logits_memory_mb=logits_memory_mb)
     else:
         ids = batch["input_ids"]
         b, c, t = ids.shape
         flat = lambda x: x.reshape(b * c, t)
         hidden = decoder.hidden(params, flat(ids), flat(batch["attention_mask"]))
-        out = completion_logps(hidden, decoder.unembed_kernel(params), flat(ids), flat(batch["loss_mask"]),
-                               chunk=chunk, log_sum_sq=weights)
-        unflat = lambda x: None if x is None else x.reshape(b, c, t - 1)
+        unembed = decoder.unembed_kernel(params)
+        width = t - 1 if window is None else min(window, t - 1)
+        chunk = logits_chunk(b * c, width, unembed.shape[-1], chunk=chunk, memory_mb=logits_memory_mb)
+        out = completion_logps(hidden, unembed, flat(ids), flat(batch["loss_mask"]), chunk=chunk,
+                               log_sum_sq=weights, window=window)
+        unflat = lambda x: None if x is None else x.reshape(b, c, width)
         per_token, mask, lss = unflat(out.per_token), unflat(out.mask), unflat(out.log_sum_sq)
     summed = ld_logps(per_token, mask, ld_alpha) if ld_alpha is not None else per_token.sum(-1)
     lengths = mask.sum(-1)
@@ -70,13 +79,15 @@ def sequence_logps(decoder: Decoder, params: dict, batch: dict, *, chunk: int, l
     return summed, lengths, wpo_weights(per_token, lss, mask)
 
 
-def packed_token_logps(decoder: Decoder, params: dict, batch: dict, *, chunk: int, log_sum_sq: bool = False):
+def packed_token_logps(decoder: Decoder, params: dict, batch: dict, *, chunk: int, log_sum_sq: bool = False,
+                       logits_memory_mb: float = 0.0):
     """Per-token completion log-probs of a packed batch, laid out per example.
 
     One forward of the ``[R, L]`` rows (segments, per-segment positions, and for
-    ``shared_prompt`` branches sharing their prompt); each token's log-prob comes from the
-    hidden state of its ``predecessor`` slot (the prompt's last token for a completion's first
-    token under ``shared_prompt``), and ``token_index`` gathers them into ``[B, C, Tc]``.
+    ``shared_prompt`` branches sharing their prompt). ``token_index`` picks each completion
+    token's slot, and its log-prob comes from the hidden state of that slot's ``predecessor``
+    (the prompt's last token for a completion's first token under ``shared_prompt``): the LM
+    head runs on the ``[B, C, Tc]`` completion tokens only, never on prompt slots.
 
     Returns ``(per_token [B, C, Tc], mask [B, C, Tc] float32, log Σ p² [B, C, Tc] or None)``,
     ``per_token`` 0 off the completions, as the padded path's (completion tokens first).
@@ -87,12 +98,19 @@ def packed_token_logps(decoder: Decoder, params: dict, batch: dict, *, chunk: in
         segments = BranchSegments(segments, batch["branch_ids"])
     hidden = decoder.module(params)(ids, batch["attention_mask"], positions=batch["positions"],
                                     segment_ids=segments)[0]
-    hidden = jnp.take_along_axis(hidden, batch["predecessor"][..., None], axis=1)
-    out = token_logps(hidden, decoder.unembed_kernel(params), ids, chunk=chunk, log_sum_sq=log_sum_sq)
-    per_slot, lss = out if log_sum_sq else (out, None)
+    r, length, h = hidden.shape
+    index = batch["token_index"]  # [B, C, Tc] flat slots of the global rows
+    b, c, tc = index.shape
+    source = (index // length) * length + batch["predecessor"].reshape(-1)[index]
+    picked = hidden.reshape(r * length, h)[source].reshape(b * c, tc, h)
+    targets = ids.reshape(-1)[index].reshape(b * c, tc)
+    unembed = decoder.unembed_kernel(params)
+    chunk = logits_chunk(b * c, tc, unembed.shape[-1], chunk=chunk, memory_mb=logits_memory_mb)
+    out = token_logps(picked, unembed, targets, chunk=chunk, log_sum_sq=log_sum_sq)
+    per_token, lss = out if log_sum_sq else (out, None)
     mask = batch["loss_mask"].astype(jnp.float32)
-    gather = lambda x: None if x is None else x.reshape(-1)[batch["token_index"]]
-    return gather(per_slot) * mask, mask, gather(lss)
+    unflat = lambda x: None if x is None else x.reshape(b, c, tc)
+    return unflat(per_token) * mask, mask, unflat(lss)
 
 
 def score_examples(decoder: Decoder, params: dict, tokens: TokenizedPreference, *, mesh: jax.sharding.Mesh,

@@ -151,7 +151,7 @@ class PreferenceTask:
             frozen[field], frozen_axes[field] = teachers[field].params, teachers[field].axes
         objective = PreferenceObjective(obj, decoder, teachers,
                                         cfg.model.lora.alpha / cfg.model.lora.rank if cfg.model.lora.rank else None,
-                                        sync_period)
+                                        sync_period, completion_window=cfg.data.max_completion_length)
         task = cls(cfg, mesh, decoder, objective, tokens, None, params, param_axes, frozen, frozen_axes, lora_modules,
                    tracked=tracked, tracked_axes=tracked_axes)
         if obj.needs_reference and getattr(obj, "reference", None) == "precomputed":

@@ -81,15 +81,20 @@ def make_step(
         readable = {**(frozen or {}), **state.tracked} if state.tracked else frozen
         (loss, metrics), grads = value_and_grad(state.params, batch, rng, readable)
         finite = jnp.isfinite(loss) & _all_finite(grads)
-        updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
-        new_params = optax.apply_updates(state.params, updates)
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+
+        def update(params, opt_state):
+            updates, new_opt_state = optimizer.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), new_opt_state
+
+        # A non-finite step keeps the old state: a cond, not an element-wise select between the new
+        # and the old state, which reads the donated buffers after the update and so made XLA copy
+        # every parameter and optimiser buffer first (0.3 s a step for 60 M parameters on CPU).
+        params, opt_state = jax.lax.cond(finite, update, lambda p, s: (p, s), state.params, state.opt_state)
         skipped = (~finite).astype(jnp.int32)
-        params = keep(new_params, state.params)
         new_state = TrainState(
             step=state.step + 1,
             params=params,
-            opt_state=keep(new_opt_state, state.opt_state),
+            opt_state=opt_state,
             rng=state.rng,
             nonfinite=jnp.where(finite, 0, state.nonfinite + 1),
             skipped=state.skipped + skipped,
