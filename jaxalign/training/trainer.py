@@ -139,9 +139,14 @@ class Run:
             t = [jnp.copy(p[i]) if i is not None else next(rest) for i in source]
             return TrainState.create(params_def.unflatten(p), self.optimizer, self.cfg.seed, tracked_def.unflatten(t))
 
+        # A donated buffer becomes the state's only where it is laid out as the state's array
+        # is; any other moves there first (the move donates it too).
+        place = lambda x, s: x if x.sharding.is_equivalent_to(s, x.ndim) else jax.device_put(x, s, donate=True)
+        shardings = jax.tree.leaves(self.state_shardings.params), jax.tree.leaves(self.state_shardings.tracked)
         state = jax.jit(create, out_shardings=self.state_shardings, donate_argnums=(0, 2))(
-            [x for x, d in zip(params, donated) if d], [x for x, d in zip(params, donated) if not d],
-            [x for x, i in zip(tracked, source) if i is None])
+            [place(x, s) for x, s, d in zip(params, shardings[0], donated) if d],
+            [x for x, d in zip(params, donated) if not d],
+            [place(x, s) for x, s, i in zip(tracked, shardings[1], source) if i is None])
         task.params = task.tracked = None
         return state
 
