@@ -26,7 +26,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from jaxalign.benchmarking import check_counts, compiled_memory, machine_info, peak_memory  # noqa: E402
+from jaxalign.benchmarking import (
+    check_counts,
+    compiled_memory,
+    machine_info,
+    peak_memory,
+)
 
 WAYS = ("chunked", "full")
 
