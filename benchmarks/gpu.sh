@@ -7,13 +7,13 @@
 #   bash benchmarks/gpu.sh --dry-run  # print the parts' commands, run nothing
 #   bash benchmarks/gpu.sh --tiny     # the same code paths at toy sizes (a CPU check of the script)
 #
-# Parts (seconds allowed):
-#   setup        90 (+240 to pip-install jax[cuda12] when jax has no GPU backend; jaxalign itself)
-#   attention    90  kernels at 1k-16k tokens, bfloat16: einsum reference vs xla vs cudnn
+# Parts (seconds allowed; 460 in all):
+#   setup            90  jaxalign importable (pip install -e . if not), jax[cuda12] if jax has no GPU backend
+#   attention        75  kernels at 1k-16k tokens, bfloat16: einsum reference vs xla vs cudnn
 #   dpo_precomputed 120  bf16 DPO step of the ~1.24B Llama (dpo_step.py --config llama-1b), reference precomputed
-#   dpo_model    100  the same with the reference forward in the step
-#   contrastive   60  bf16 supervised SimCSE step of a BERT-base-shaped encoder
-#   vocab_memory  30  DPO gradient peak memory against vocabulary, chunked vs full log-probs
+#   dpo_model        90  the same with the reference forward in the step
+#   contrastive      55  bf16 supervised SimCSE step of a BERT-base-shaped encoder
+#   vocab_memory     30  DPO gradient peak memory against vocabulary, chunked vs full log-probs
 # MFU is against the chip's published dense bf16 peak (benchmarks/gpu_steps.py BF16_PEAKS; H100 and
 # H200 SXM: 989 TFLOP/s), found from jax.devices()[0].device_kind.
 set -uo pipefail
@@ -59,23 +59,19 @@ fi
 setup() {
   "$PY" -c "import jaxalign" 2>/dev/null || "$PY" -m pip install -q -e . || return 1
   if [ "$TINY" = 0 ] && ! "$PY" -c "import jax, sys; sys.exit(jax.default_backend() != 'gpu')" 2>/dev/null; then
-    timeout 240 "$PY" -m pip install -q -U "jax[cuda12]" || return 1
+    "$PY" -m pip install -q -U "jax[cuda12]" || return 1
   fi
   "$PY" -c "import jax; print(jax.__version__, jax.devices())"
-  command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-  return 0
+  if command -v nvidia-smi > /dev/null; then nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; fi
 }
-if [ "$DRY" = 1 ]; then echo "[setup] import jaxalign || pip install -e .; pip install -U 'jax[cuda12]' if no GPU backend"
-else
-  echo "== setup"
-  setup > "$OUT/setup.log" 2>&1 && echo "setup: ok" | tee -a "$STATUS" || echo "setup: failed: $(tail -n 1 "$OUT/setup.log")" | tee -a "$STATUS"
-fi
-
-part attention 90 "$PY" benchmarks/attention.py "${LENGTHS[@]}" --json "$OUT/attention.json"
+export -f setup
+export PY TINY
+part setup 90 bash -c setup
+part attention 75 "$PY" benchmarks/attention.py "${LENGTHS[@]}" --json "$OUT/attention.json"
 part dpo_precomputed 120 "$PY" benchmarks/gpu_steps.py dpo --reference precomputed "${T[@]}" "${PAIRS[@]}" \
   --json "$OUT/dpo_precomputed.json"
-part dpo_model 100 "$PY" benchmarks/gpu_steps.py dpo --reference model "${T[@]}" "${PAIRS[@]}" --json "$OUT/dpo_model.json"
-part contrastive 60 "$PY" benchmarks/gpu_steps.py contrastive "${T[@]}" "${BATCH[@]}" --json "$OUT/contrastive.json"
+part dpo_model 90 "$PY" benchmarks/gpu_steps.py dpo --reference model "${T[@]}" "${PAIRS[@]}" --json "$OUT/dpo_model.json"
+part contrastive 55 "$PY" benchmarks/gpu_steps.py contrastive "${T[@]}" "${BATCH[@]}" --json "$OUT/contrastive.json"
 part vocab_memory 30 "$PY" benchmarks/vocab_memory.py "${VOCAB[@]}" --json "$OUT/vocab_memory.json"
 
 [ "$DRY" = 1 ] && exit 0

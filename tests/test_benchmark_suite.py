@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import pytest
 
 from jaxalign.viz import plot_benchmarks
@@ -16,6 +17,8 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 sys.path.insert(0, str(REPO))
 from benchmarks import suite  # noqa: E402
+
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 TINY_VOCAB = "vocab_memory=--vocab 64 256 --length 8 --pairs 1 --hidden 8 --chunk 4"
 
@@ -110,3 +113,30 @@ def test_figures_carry_the_flop_accounting():
     assert jx["flops_per_step"] == result["flops_per_step"]["total"] and "N_mm" in jx["flops_formula"]
     assert jx["mfu"] == pytest.approx(jx["flops_per_step"] / (result["implementations"]["jaxalign"]["median_step_s"]
                                                              * jx["peak_flops"]))
+
+
+def test_gpu_script_parts_are_time_boxed_within_eight_minutes():
+    done = subprocess.run(["bash", "benchmarks/gpu.sh", "--dry-run"], cwd=REPO, capture_output=True, text=True,
+                          check=True)
+    boxes = {line.split(",")[0].strip("["): int(line.split(", ")[1].split("s]")[0])
+             for line in done.stdout.splitlines() if line.startswith("[") and "s] " in line}
+    assert list(boxes) == ["setup", "attention", "dpo_precomputed", "dpo_model", "contrastive", "vocab_memory"]
+    assert sum(boxes.values()) <= 8 * 60 - 20  # and some seconds for the table
+    assert "--lengths 1024 2048 4096 8192 16384 --dtype bfloat16" in done.stdout
+    assert "--reference precomputed" in done.stdout and "--reference model" in done.stdout
+    assert not list(RESULTS.glob("gpu-*"))  # a dry run writes nothing
+
+
+def test_gpu_steps_peak_and_bert_base_shape(tmp_path):
+    import gpu_steps
+
+    assert gpu_steps.chip_peak("NVIDIA H200") == gpu_steps.chip_peak("NVIDIA H100 80GB HBM3") == 989e12
+    assert gpu_steps.chip_peak("cpu") is None
+    from jaxalign.models.registry import load_encoder
+
+    encoder = load_encoder(gpu_steps.random_bert(gpu_steps.TINY_BERT, tmp_path / "bert"))
+    assert (encoder.config.hidden_size, encoder.config.num_hidden_layers) == (64, 2)
+    h, i = 64, 128  # BERT's parameter count at that width: embeddings, 2 layers, pooler
+    layer = 4 * (h * h + h) + (h * i + i) + (i * h + h) + 4 * h
+    expected = (30522 + 512 + 2) * h + 2 * h + 2 * layer + h * h + h
+    assert sum(x.size for x in jax.tree.leaves(encoder.params)) == expected
