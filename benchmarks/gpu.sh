@@ -78,7 +78,6 @@ part vocab_memory 30 "$PY" benchmarks/vocab_memory.py "${VOCAB[@]}" --json "$OUT
 
 [ "$DRY" = 1 ] && exit 0
 echo
-cat "$STATUS"
 "$PY" benchmarks/gpu_steps.py table --dir "$OUT" || true
 if [ -f "$OUT/attention.json" ]; then tail -n 40 "$OUT/attention.log"; fi
 if [ -f "$OUT/vocab_memory.json" ]; then grep -A 12 "peak memory" "$OUT/vocab_memory.log" || true; fi

@@ -180,8 +180,7 @@ def table(directory: Path) -> int:
     for path in sorted(directory.glob("*.json")):
         r = json.loads(path.read_text())
         if "median_step_s" not in r:
-            status = r.get("benchmark", "see its JSON") if isinstance(r, dict) else "?"
-            t.add_row(path.stem, str(status), *[""] * 6)
+            t.add_row(path.stem, f"ok: {path.stem}.log", *[""] * 6)
             continue
         tflops = r["flops_per_step"] / r["median_step_s"] / 1e12
         peak = (r["memory"].get("step") or {}).get("peak_bytes")
