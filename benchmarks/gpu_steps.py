@@ -29,7 +29,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from jaxalign.benchmarking import check_counts, machine_info, peak_memory  # noqa: E402
+from jaxalign.benchmarking import check_counts, machine_info, peak_memory
 
 # Published dense (no sparsity) bf16 tensor-core peaks, FLOP/s, by a substring of device_kind.
 BF16_PEAKS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "B200": 2250e12}

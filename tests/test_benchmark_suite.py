@@ -16,7 +16,7 @@ from jaxalign.viz.benchmarks import suite_charts, suite_figures
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 sys.path.insert(0, str(REPO))
-from benchmarks import suite  # noqa: E402
+from benchmarks import suite
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 

@@ -8,10 +8,12 @@ import gc
 import jax
 import numpy as np
 import pytest
+import test_overoptimisation
+from test_overoptimisation import tiny_config
 
 from jaxalign.training.trainer import Run
 
-from test_overoptimisation import tiny, tiny_config  # noqa: F401 (the tiny Llama fixture)
+tiny = test_overoptimisation.tiny  # the tiny random Llama and its preference data (a module fixture)
 
 NO_EVAL = ["eval.data=null", "steps=2"]
 
