@@ -37,7 +37,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from jaxalign.benchmarking import check_counts, interleave, machine_info
+from jaxalign.benchmarking import check_counts, compiled_memory, interleave, machine_info, peak_memory
 
 PARITY = {"float32": 1e-5, "bfloat16": 2e-2}
 
@@ -109,7 +109,8 @@ def attention_case(args, length: int, kernels: list[str]) -> dict:
     times = interleave({name: functools.partial(lambda fn: jax.block_until_ready(fn(*inputs)), fn)
                         for name, fn in compiled.items()}, args.repeats)
     return {"length": length, "times_s": times, "parity": parity,
-            "temp_bytes": {name: fn.memory_analysis().temp_size_in_bytes for name, fn in compiled.items()}}
+            "temp_bytes": {name: fn.memory_analysis().temp_size_in_bytes for name, fn in compiled.items()},
+            "memory": {name: compiled_memory(fn) for name, fn in compiled.items()}}
 
 
 def max_rel_diff(a, b) -> float:
@@ -227,7 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                                       for k, v in vars(args).items()},
                "kernels": kernels, "rows": rows, "model": model,
                "medians_s": {str(row["length"]): {n: statistics.median(t) for n, t in row["times_s"].items()}
-                             for row in rows}}
+                             for row in rows},
+               "memory": peak_memory()}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2) + "\n")
     load = info["load_average_1_5_15min"][0], info["load_average_after"][0]

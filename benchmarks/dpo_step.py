@@ -110,6 +110,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+from jaxalign.benchmarking import peak_memory  # noqa: E402
 from jaxalign.benchmarking import (  # noqa: E402
     PhaseTimer, check_counts, check_threads, interleave, machine_info, machine_summary, matmul_peak, pin_cores)
 DATA = Path(os.environ.get("JAXALIGN_DATA", REPO.parent / "shared" / "data"))
@@ -661,6 +662,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "max_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,  # the whole process, both sides
         "wall_s": time.perf_counter() - t_start,
     }
+    results["memory"] = peak_memory(**{f"{n}_step": (s.step_fn, (s.state, s.batch, s.run.task.frozen)) for n, s in sides.items() if n == "jaxalign"})
     render(console, results)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2) + "\n")

@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-from jaxalign.benchmarking import machine_info, machine_summary  # noqa: E402
+from jaxalign.benchmarking import machine_info, machine_summary, peak_memory  # noqa: E402
 DATA = Path(os.environ.get("JAXALIGN_DATA", REPO.parent / "shared" / "data"))
 WIKI = DATA / "wiki" / "wiki1m_for_simcse.head.txt"
 MODEL = "all-MiniLM-L6-v2"
@@ -286,6 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "parity_threshold": threshold,
         "parity_ok": all(c >= threshold for c in cosine.values()),
     }
+    results["memory"] = peak_memory()
     render(console, results)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2) + "\n")

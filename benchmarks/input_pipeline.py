@@ -47,7 +47,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-from jaxalign.benchmarking import PhaseTimer, check_counts, machine_info  # noqa: E402
+from jaxalign.benchmarking import PhaseTimer, check_counts, machine_info, peak_memory  # noqa: E402
 
 DATA = Path(os.environ.get("JAXALIGN_DATA", REPO.parent / "shared" / "data"))
 HH = DATA / "hh-rlhf"
@@ -288,6 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                "sentence_settings": SENTENCE_SETTINGS, "hh_settings": HH_SETTINGS, "workers": args.workers,
                "steps": args.steps, "warmup": args.warmup, "step_examples": args.step_examples,
                "first_batch": first, "host": host, "phase_s": phase.seconds, "wall_s": time.perf_counter() - t_start}
+    results["memory"] = peak_memory()
     render(console, results)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2, default=list) + "\n")

@@ -66,6 +66,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+from jaxalign.benchmarking import peak_memory  # noqa: E402
 from jaxalign.benchmarking import (  # noqa: E402
     PhaseTimer, check_counts, check_threads, interleave, machine_info, machine_summary, matmul_peak, pin_cores)
 DATA = Path(os.environ.get("JAXALIGN_DATA", REPO.parent / "shared" / "data"))
@@ -454,6 +455,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "phase_s": phase.seconds,
         "wall_s": time.perf_counter() - t_start,
     }
+    results["memory"] = peak_memory(jaxalign_step=(jx.step_fn, (jx.state, jx.batch, jx.run.task.frozen)))
     render(console, results)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2) + "\n")

@@ -38,6 +38,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from jaxalign.benchmarking import peak_memory  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -232,6 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "seed": args.seed,
         "data": "Gaussian, random rotation, covariance eigenvalues geomspace(1, 1e-3), mean 1, float32",
         "rows": rows,
+        "memory": peak_memory(),
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2) + "\n")

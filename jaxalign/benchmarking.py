@@ -1,6 +1,6 @@
 """What every side-by-side benchmark and experiment shares: alternating timing, the measured
-matmul peak that MFU is quoted against, a record of the machine and library versions, and
-the command-line checks and core pinning around them.
+matmul peak that MFU is quoted against, a record of the machine and library versions, peak
+memory (compiled and resident), and the command-line checks and core pinning around them.
 
 PyTorch is imported only by :func:`matmul_peak` and when named to :func:`machine_info`, so
 jaxalign itself never needs it.
@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import time
@@ -142,3 +143,30 @@ def machine_summary(machine: dict) -> str:
     return (f"torch threads {machine['torch_threads']}; jax devices {', '.join(machine['jax_devices'])}; "
             f"1-min load average {load['before'][0]:.1f} before, {load['after'][0]:.1f} after, "
             f"on {machine['cpu_count']} cores")
+
+
+def compiled_memory(compiled) -> dict:
+    """XLA's memory analysis of a compiled program (``jax.jit(f).lower(*args).compile()``), in
+    bytes: arguments, outputs, temporaries, the outputs aliasing donated arguments, and
+    ``peak_bytes`` = arguments + outputs + temporaries - aliased, what one call needs on its
+    device at once. Empty where the backend does not analyse."""
+    analysis = compiled.memory_analysis()
+    if analysis is None:
+        return {}
+    fields = {"argument_bytes": "argument_size_in_bytes", "output_bytes": "output_size_in_bytes",
+              "temp_bytes": "temp_size_in_bytes", "alias_bytes": "alias_size_in_bytes",
+              "code_bytes": "generated_code_size_in_bytes"}
+    out = {name: int(getattr(analysis, attr, 0)) for name, attr in fields.items()}
+    out["peak_bytes"] = out["argument_bytes"] + out["output_bytes"] + out["temp_bytes"] - out["alias_bytes"]
+    return out
+
+
+def peak_memory(**programs) -> dict:
+    """The ``memory`` field of a benchmark's JSON: this process's peak resident set so far
+    (``getrusage``; children excluded) and, for each ``name=(jitted, args)``, the compiled memory
+    analysis of ``jitted`` at ``args`` (once called there, jit's caches serve it: no compile).
+    Call it before a donating program's arguments are donated again."""
+    out: dict = {"process_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    for name, (jitted, args) in programs.items():
+        out[name] = compiled_memory(jitted.lower(*args).compile())
+    return out

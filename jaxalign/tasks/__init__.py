@@ -36,13 +36,16 @@ class Task(Protocol):
     reference model, a LoRA base); ``tracked`` arrays are read by the step and updated by
     ``update_tracked`` after it, untrained (TR-DPO's synced reference); all are nested dicts
     already placed on the mesh, with their logical axes in ``param_axes`` / ``frozen_axes`` /
-    ``tracked_axes``. The loss sees ``frozen`` and ``tracked`` merged, as its ``frozen``."""
+    ``tracked_axes``. The loss sees ``frozen`` and ``tracked`` merged, as its ``frozen``.
+    :meth:`jaxalign.training.trainer.Run.init_state` donates ``params`` and ``tracked`` into the
+    train state and sets both to ``None``: after it, the state holds them (each array once), and
+    ``evaluate``/``export`` are given the state's."""
 
-    params: dict
+    params: dict | None
     param_axes: dict
     frozen: dict
     frozen_axes: dict
-    tracked: dict
+    tracked: dict | None
     tracked_axes: dict
     stream: BatchStream | Pipeline  # its ``state`` is checkpointed; ``close()`` ends the run
     eval_metric: str | None  # key of ``evaluate``'s result that selects the best checkpoint (higher = better)

@@ -116,16 +116,44 @@ class Run:
         self._signatures: set[str] = set()
 
     def init_state(self) -> TrainState:
-        # Tracked arrays start as copies: they may be the very arrays of params (TR-DPO's initial
-        # reference is the initial policy), and the step donates the whole state.
-        create = jax.jit(lambda p, t: TrainState.create(p, self.optimizer, self.cfg.seed, jax.tree.map(jnp.copy, t)),
-                         out_shardings=self.state_shardings)
-        return create(self.task.params, self.task.tracked)
+        """The initial train state, which from then on holds the task's trained and tracked arrays
+        in its place: each array is held once. The task's parameters are donated (their buffers
+        become the state's), except those the step also reads as ``frozen`` (a reference that is
+        the initial policy); tracked arrays that are the policy's own (TR-DPO's initial reference)
+        become real copies, since the step donates the whole state. The task's ``params`` and
+        ``tracked`` are then dropped (``None``): evaluation and export read the state's."""
+        task = self.task
+        if task.params is None:
+            raise RuntimeError("Run.init_state: the task's parameters already went into a train state; "
+                               "build a new Run for another one")
+        params, params_def = jax.tree.flatten(task.params)
+        tracked, tracked_def = jax.tree.flatten(task.tracked)
+        frozen = {id(x) for x in jax.tree.leaves(task.frozen)}
+        donated = [id(x) not in frozen for x in params]
+        position = {id(x): i for i, x in enumerate(params)}
+        source = [position.get(id(x)) for x in tracked]  # the policy's index, or None: a tracked array of its own
+
+        def create(own_params, shared_params, own_tracked):
+            own, shared, rest = iter(own_params), iter(shared_params), iter(own_tracked)
+            p = [next(own) if d else next(shared) for d in donated]
+            t = [jnp.copy(p[i]) if i is not None else next(rest) for i in source]
+            return TrainState.create(params_def.unflatten(p), self.optimizer, self.cfg.seed, tracked_def.unflatten(t))
+
+        # A donated buffer becomes the state's only where it is laid out as the state's array
+        # is; any other moves there first (the move donates it too).
+        place = lambda x, s: x if x.sharding.is_equivalent_to(s, x.ndim) else jax.device_put(x, s, donate=True)
+        shardings = jax.tree.leaves(self.state_shardings.params), jax.tree.leaves(self.state_shardings.tracked)
+        state = jax.jit(create, out_shardings=self.state_shardings, donate_argnums=(0, 2))(
+            [place(x, s) for x, s, d in zip(params, shardings[0], donated) if d],
+            [x for x, d in zip(params, donated) if not d],
+            [place(x, s) for x, s, i in zip(tracked, shardings[1], source) if i is None])
+        task.params = task.tracked = None
+        return state
 
     def step_fn(self):
         step = make_step(self.optimizer, value_and_grad=self.task.value_and_grad(), schedule=self.schedule,
                          grad_accum=self.cfg.optim.grad_accum,
-                         update_tracked=self.task.update_tracked if self.task.tracked else None)
+                         update_tracked=self.task.update_tracked if self.task.tracked_axes else None)
         return jit_step(step, self.state_shardings, self.batch_shardings, self.frozen_shardings)
 
     def next_batch(self, step: int) -> dict:

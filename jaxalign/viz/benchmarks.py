@@ -1,10 +1,13 @@
-"""Bar charts of the benchmark scripts' JSON results (``benchmarks/*.py --json``).
+"""Charts of the benchmark scripts' JSON results (``benchmarks/*.py --json``) and of the suite's.
 
 Every result names its benchmark (``"benchmark": "train_step"``); :data:`CHARTS` maps that
 name to a function reading the numbers worth comparing out of it as :class:`Chart` s:
 throughput per implementation for the side-by-side benchmarks (labelled with jaxalign's
-ratio, as the scripts' tables), seconds per configuration for the others. Several files of
-one benchmark (the same script under other settings) share the charts, a group of bars each.
+ratio, as the scripts' tables), seconds per configuration for the others, lines against a
+size (vocabulary, devices) where the x axis is a quantity. Several files of one benchmark (the
+same script under other settings) share the charts, a group of bars each. The suite's JSON
+(``python -m benchmarks``) holds every part's result: :func:`suite_figures` reads each part's
+headline figures, :func:`suite_charts` the suite's charts across parts.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ class Chart:
             group are compared with (each labelled ``baseline / this`` in speed); None: no
             comparison.
         log_scale: a logarithmic value axis, for values orders of magnitude apart.
+        x_label: lines instead of bars: the groups are the x values (numbers), each series a
+            line, and this names the x axis (logarithmic where the values span over 8x).
     """
 
     title: str
@@ -43,6 +48,7 @@ class Chart:
     higher_is_better: bool = True
     baseline: str | None = None
     log_scale: bool = False
+    x_label: str | None = None
 
     def ratio(self, group: str, series: str) -> float | None:
         """The baseline's speed over ``series``'s in ``group``; None for the baseline itself or
@@ -95,6 +101,113 @@ def _attention(result: dict) -> list[Chart]:
                   higher_is_better=False, baseline="einsum")]
 
 
+def _vocab_memory(result: dict) -> list[Chart]:
+    bars = {str(row["vocab"]): {way: row[way]["peak_bytes"] / 2**30 for way in result["ways"] if row[way]}
+            for row in result["rows"]}
+    return [Chart(f"DPO loss gradient: compiled peak memory ({result['pairs']} pairs x 2 x {result['length']})",
+                  "GiB (lower is better)", bars, higher_is_better=False, log_scale=True, x_label="vocabulary size V")]
+
+
+def _weak_scaling(result: dict) -> list[Chart]:
+    rows = result["rows"]
+    base = rows[0]["median_step_s"] if rows else 0.0
+    # Simulated devices share the cores: N devices' work at one device's speed is N x its time.
+    bars = {str(r["devices"]): {"measured": r["median_step_s"], "perfect weak scaling": base,
+                                **({"work x N on shared cores": base * r["devices"]} if result["simulated"] else {})}
+            for r in rows}
+    where = "simulated host devices" if result["simulated"] else "devices"
+    return [Chart(f"weak scaling, {result['per_device']} triplets per device ({where})", "median step s (flat is best)",
+                  bars, higher_is_better=False, x_label="devices")]
+
+
+def suite_figures(name: str, result: dict) -> list[dict]:
+    """The headline figures of one part's result: ``name``, ``value`` and ``unit``, with
+    ``mfu``, the FLOP accounting (``flops_per_step``, ``flops_formula``, ``peak_flops``) and
+    ``peak_bytes`` (compiled peak memory) where the benchmark has them."""
+    if name in THROUGHPUT:
+        key, unit = THROUGHPUT[name]
+        flops = result.get("flops_per_step") or {}
+        peak = (result.get("matmul_peak") or {}).get("peak_gflops")
+        memory = result.get("memory") or {}
+        out = []
+        for impl, r in result["implementations"].items():
+            fig = {"name": impl, "value": r[key], "unit": unit}
+            if "mfu" in r:
+                fig.update(mfu=r["mfu"], flops_per_step=flops.get("total"), flops_formula=flops.get("formula"),
+                           peak_flops=peak and peak * 1e9)
+            step = memory.get(f"{impl.split()[0]}_step", {})
+            if step.get("peak_bytes"):
+                fig["peak_bytes"] = step["peak_bytes"]
+            out.append(fig)
+        return out
+    charts = CHARTS[name](result) if name in CHARTS else []
+    if name == "attention":  # the longest sequence
+        group = list(charts[0].bars)[-1]
+        return [{"name": f"{kernel}, {group}", "value": v, "unit": "ms fwd+bwd"} for kernel, v in
+                charts[0].bars[group].items()]
+    if name == "vocab_memory":
+        row = result["rows"][-1]
+        return [{"name": f"{way}, V={row['vocab']}", "value": row[way]["peak_bytes"] / 2**30, "unit": "GiB",
+                 "peak_bytes": row[way]["peak_bytes"]} for way in result["ways"] if row[way]]
+    if name == "weak_scaling":
+        return [{"name": f"{r['devices']} devices", "value": r["median_step_s"], "unit": "s/step",
+                 "peak_bytes": ((r.get("memory") or {}).get("step") or {}).get("peak_bytes")} for r in result["rows"]]
+    if name == "compile_time":
+        return [{"name": f"{layers} layers", "value": r["total_s"], "unit": "s compile"}
+                for layers, r in result["results"].items()]
+    return [{"name": f"{chart.title}: {group} {series}".replace(": ", " ", 1) if group else f"{series}",
+             "value": v, "unit": chart.unit.split(" (")[0]}
+            for chart in charts[:1] for group, values in chart.bars.items() for series, v in values.items()]
+
+
+THROUGHPUT = {"dpo_step": ("tokens_per_s", "policy tokens/s"), "train_step": ("examples_per_s", "examples/s"),
+              "encode_throughput": ("sentences_per_s", "sentences/s")}
+
+
+def suite_charts(suite: dict) -> list[Chart]:
+    """The suite's charts from its parts' results, each where its part ran: throughput and MFU
+    per step kind, compile time against depth, attention tokens/s against sequence length per
+    kernel, peak memory against vocabulary size (chunked vs full log-probs), weak scaling."""
+    results = {name: part["result"] for name, part in suite["parts"].items() if "result" in part}
+    charts = []
+    steps = {name: r for name, r in results.items() if name in THROUGHPUT}
+    mfu = {name: {impl: 100 * x["mfu"] for impl, x in r["implementations"].items() if x.get("mfu") is not None}
+           for name, r in steps.items()}
+    if any(mfu.values()):
+        charts.append(Chart("MFU per step kind (against the measured matmul peak)", "% of peak (higher is better)",
+                            {k: v for k, v in mfu.items() if v}, baseline="jaxalign"))
+    if steps:
+        charts.append(Chart("throughput per step kind", "per second (higher is better)",
+                            {f"{name} ({THROUGHPUT[name][1]})": {impl: x[THROUGHPUT[name][0]]
+                                                                 for impl, x in r["implementations"].items()}
+                             for name, r in steps.items()}, baseline="jaxalign", log_scale=True))
+    if "compile_time" in results:
+        rows = results["compile_time"]["results"]
+        charts.append(Chart("DPO step compile time against depth", "seconds (lower is better)",
+                            {layers: {phase.removesuffix("_s"): r[phase] for phase in ("total_s", "compile_s", "trace_s")
+                                      if phase in r} for layers, r in rows.items()},
+                            higher_is_better=False, x_label="layers"))
+    if "attention" in results:
+        att = results["attention"]
+        batch = att["args"]["batch"]
+        median = lambda t: float(sorted(t)[len(t) // 2])
+        charts.append(Chart(f"attention forward + backward ({att['args']['dtype']})", "tokens/s (higher is better)",
+                            {str(row["length"]): {k: batch * row["length"] / median(t) for k, t in row["times_s"].items()}
+                             for row in att["rows"]}, log_scale=True, x_label="sequence length"))
+    if "vocab_memory" in results:
+        charts += _vocab_memory(results["vocab_memory"])
+    if "weak_scaling" in results and results["weak_scaling"]["rows"]:
+        charts += _weak_scaling(results["weak_scaling"])
+    return charts
+
+
+def _suite(suite: dict) -> list[Chart]:
+    charts = suite_charts(suite)
+    if not charts:
+        raise KeyError("no part of this suite run wrote a result")
+    return charts
+
+
 CHARTS: dict[str, Callable[[dict], list[Chart]]] = {
     "attention": _attention,
     "encode_throughput": _throughput("sentences_per_s", "sentences/s"),
@@ -102,6 +215,9 @@ CHARTS: dict[str, Callable[[dict], list[Chart]]] = {
     "dpo_step": _throughput("tokens_per_s", "policy tokens/s"),
     "whitening_kernels": _whitening_kernels,
     "input_pipeline": _input_pipeline,
+    "vocab_memory": _vocab_memory,
+    "weak_scaling": _weak_scaling,
+    "suite": _suite,
 }
 
 
@@ -140,7 +256,27 @@ def combine(per_file: Sequence[list[Chart]], labels: Sequence[str]) -> list[Char
     return combined
 
 
+def _draw_lines(ax, chart: Chart) -> None:
+    xs = {group: float(group) for group in chart.bars}
+    series = list(dict.fromkeys(s for values in chart.bars.values() for s in values))
+    for i, name in enumerate(series):
+        points = sorted((xs[g], values[name]) for g, values in chart.bars.items() if name in values)
+        ax.plot(*zip(*points), marker="o", label=name, color=f"C{i % 10}")
+    if max(xs.values()) > 8 * min(xs.values()) > 0:
+        ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted(xs.values()), [g for g, _ in sorted(xs.items(), key=lambda kv: kv[1])], fontsize="small")
+    if chart.log_scale:
+        ax.set_yscale("log")
+    ax.set_title(chart.title, fontsize="medium")
+    ax.set_xlabel(chart.x_label)
+    ax.set_ylabel(chart.unit)
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1, 1))
+    ax.grid(alpha=0.3)
+
+
 def _draw(ax, chart: Chart) -> None:
+    if chart.x_label is not None:
+        return _draw_lines(ax, chart)
     groups = list(chart.bars)
     series = list(dict.fromkeys(s for values in chart.bars.values() for s in values))
     width = min(0.8 / len(series), 0.3)
@@ -189,6 +325,10 @@ def plot_benchmarks(
     if len(names) > 1:
         raise PlotError(f"results of different benchmarks ({', '.join(sorted(names))}): plot each benchmark separately")
     charts = combine([c for _, c in read], labels_for([f.with_suffix("") for f in files], labels, "files"))
+    return _figure(charts, output, size)
+
+
+def _figure(charts: Sequence[Chart], output: str | Path | None, size: tuple[int, int] | None) -> Figure:
     bars = max(sum(len(values) for values in chart.bars.values()) * BAR_PX + len(chart.bars) * GROUP_PX
                for chart in charts)
     fig, axes = panel_grid(len(charts), size, (max(PANEL_PX[0], bars) + LEGEND_PX, PANEL_PX[1]))
@@ -197,3 +337,14 @@ def plot_benchmarks(
     if output is not None:
         save(fig, output)
     return fig
+
+
+def draw_charts(charts: Sequence[Chart], directory: str | Path) -> list[Path]:
+    """Each chart as its own PNG in ``directory``, named after its title; returns the paths."""
+    paths = []
+    for chart in charts:
+        slug = "".join(c if c.isalnum() else "_" for c in chart.title.split(" (")[0].lower()).strip("_")
+        path = Path(directory) / f"{'_'.join(filter(None, slug.split('_')))}.png"
+        _figure([chart], path, None)
+        paths.append(path)
+    return paths
