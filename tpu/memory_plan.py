@@ -127,7 +127,7 @@ def abstract_decoder(config, dtype, remat: str):
 
     graphdef, state = nnx.split(nnx.eval_shape(make))
     params = nnx.to_pure_dict(state)
-    by_path = {r.ours: r.axes for rule in llama_weights.RULES for r in rule.expand(config.num_hidden_layers)}
+    by_path = {rule.ours: rule.param_axes for rule in llama_weights.RULES}
     axes = unflatten({path: by_path[path] for path in flatten(params)}, params)
     return Decoder(path=Path("<abstract>"), config=config, graphdef=graphdef, state=state, params=params, axes=axes,
                    tokenizer=None, max_length=config.max_position_embeddings, dtype=dtype)

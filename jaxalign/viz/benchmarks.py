@@ -108,6 +108,14 @@ def _vocab_memory(result: dict) -> list[Chart]:
                   "GiB (lower is better)", bars, higher_is_better=False, log_scale=True, x_label="vocabulary size V")]
 
 
+def _compile_time(result: dict) -> list[Chart]:
+    rows = result["results"]
+    return [Chart("DPO step compile time against depth", "seconds (lower is better)",
+                  {layers: {phase.removesuffix("_s"): r[phase] for phase in ("total_s", "compile_s", "trace_s")
+                            if phase in r} for layers, r in rows.items()},
+                  higher_is_better=False, x_label="layers")]
+
+
 def _weak_scaling(result: dict) -> list[Chart]:
     rows = result["rows"]
     base = rows[0]["median_step_s"] if rows else 0.0
@@ -182,11 +190,7 @@ def suite_charts(suite: dict) -> list[Chart]:
                                                                  for impl, x in r["implementations"].items()}
                              for name, r in steps.items()}, baseline="jaxalign", log_scale=True))
     if "compile_time" in results:
-        rows = results["compile_time"]["results"]
-        charts.append(Chart("DPO step compile time against depth", "seconds (lower is better)",
-                            {layers: {phase.removesuffix("_s"): r[phase] for phase in ("total_s", "compile_s", "trace_s")
-                                      if phase in r} for layers, r in rows.items()},
-                            higher_is_better=False, x_label="layers"))
+        charts += _compile_time(results["compile_time"])
     if "attention" in results:
         att = results["attention"]
         batch = att["args"]["batch"]
@@ -217,6 +221,7 @@ CHARTS: dict[str, Callable[[dict], list[Chart]]] = {
     "input_pipeline": _input_pipeline,
     "vocab_memory": _vocab_memory,
     "weak_scaling": _weak_scaling,
+    "compile_time": _compile_time,
     "suite": _suite,
 }
 
