@@ -163,6 +163,9 @@ def suite_figures(name: str, result: dict) -> list[dict]:
     if name == "compile_time":
         return [{"name": f"{layers} layers", "value": r["total_s"], "unit": "s compile"}
                 for layers, r in result["results"].items()]
+    if name == "packing":
+        return [{"name": f"data.packing={mode}", "value": r["tokens_per_s"], "unit": "real tokens/s", "mfu": r["mfu"],
+                 "flops_formula": result.get("flop_formula")} for mode, r in result["modes"].items()]
     return [{"name": f"{chart.title}: {group} {series}".replace(": ", " ", 1) if group else f"{series}",
              "value": v, "unit": chart.unit.split(" (")[0]}
             for chart in charts[:1] for group, values in chart.bars.items() for series, v in values.items()]
