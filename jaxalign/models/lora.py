@@ -77,11 +77,10 @@ def decoder_adapters(decoder: Decoder, cfg: LoraConfig, key: jax.Array) -> tuple
     return modules, adapters, axes
 
 
-def _per_layer(module: str, adapter: np.ndarray) -> list[tuple[str, np.ndarray]]:
-    """``(checkpoint module, adapter)`` per layer of a stacked adapter, or the one of a plain one."""
-    if "{i}" not in module:
-        return [(module, adapter)]
-    return [(module.format(i=i), layer) for i, layer in enumerate(adapter)]
+def _layer_modules(module: str, num_layers: int) -> list[str]:
+    """The checkpoint modules of one adapted kernel: one per layer of a stacked kernel (``{i}`` in
+    ``module``), else ``module`` itself."""
+    return [module.format(i=i) for i in range(num_layers)] if "{i}" in module else [module]
 
 
 def apply_lora(base: dict, lora: dict, scale: float) -> dict:
@@ -101,10 +100,12 @@ def save_adapter(directory: str | Path, lora: dict, modules: dict[str, str], cfg
     host = jax.device_get(lora)
     tensors = {}
     for path, ab in host.items():
-        for (module, a), (_, b) in zip(_per_layer(modules[path], np.asarray(ab["a"], np.float32)),
-                                       _per_layer(modules[path], np.asarray(ab["b"], np.float32))):
-            tensors[f"{PEFT_PREFIX}{module}.lora_A.weight"] = np.ascontiguousarray(a.T)
-            tensors[f"{PEFT_PREFIX}{module}.lora_B.weight"] = np.ascontiguousarray(b.T)
+        a, b = np.asarray(ab["a"], np.float32), np.asarray(ab["b"], np.float32)
+        if "{i}" not in modules[path]:
+            a, b = a[None], b[None]
+        for module, layer_a, layer_b in zip(_layer_modules(modules[path], len(a)), a, b, strict=True):
+            tensors[f"{PEFT_PREFIX}{module}.lora_A.weight"] = np.ascontiguousarray(layer_a.T)
+            tensors[f"{PEFT_PREFIX}{module}.lora_B.weight"] = np.ascontiguousarray(layer_b.T)
     save_file(tensors, str(directory / ADAPTER_WEIGHTS), metadata={"format": "pt"})
     config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": cfg.rank, "lora_alpha": cfg.alpha,
               "target_modules": sorted({m.rsplit(".", 1)[-1] for m in modules.values()}), "lora_dropout": 0.0,
@@ -126,7 +127,7 @@ def load_adapter(directory: str | Path, modules: dict[str, str], num_layers: int
     names = {n[len(PEFT_PREFIX):-len(".lora_A.weight")] for n in tensors if n.endswith(".lora_A.weight")}
     lora, used = {}, set()
     for path, module in modules.items():
-        layers = [module.format(i=i) for i in range(num_layers)] if "{i}" in module else [module]
+        layers = _layer_modules(module, num_layers)
         present = [m for m in layers if m in names]
         if not present:
             continue
