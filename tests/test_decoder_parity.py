@@ -250,3 +250,28 @@ def test_unsupported_model_type_is_refused(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({**config, "model_type": "gpt_neox"}))
     with pytest.raises(UnsupportedModelError, match="model_type 'gpt_neox' is not a supported decoder"):
         load_decoder(tmp_path)
+
+
+def test_gguf_tokenizer_is_cached_on_disk_and_rebuilt_when_damaged(tmp_path, monkeypatch, caplog):
+    """The tokenizer transformers builds from the GGUF metadata is written once under the cache
+    and read back equal (vocabulary, special tokens, chat template, encodings); a damaged entry
+    is rebuilt, not fatal."""
+    from jaxalign.models import decoders
+
+    monkeypatch.setattr(decoders, "TOKENIZER_CACHE", str(tmp_path))
+    path = resolve_decoder_path("SmolLM2-135M-Instruct")
+    stat = path.stat()
+    build = lambda: decoders._gguf_tokenizer.__wrapped__(str(path), stat.st_mtime_ns, stat.st_size)  # noqa: E731
+    built = build()
+    (entry,) = [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
+    assert (entry / "tokenizer.json").is_file() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    cached = build()
+    chat = [{"role": "user", "content": "hi"}]
+    assert cached.get_vocab() == built.get_vocab() and cached.all_special_tokens == built.all_special_tokens
+    assert cached.apply_chat_template(chat, tokenize=False) == built.apply_chat_template(chat, tokenize=False)
+    assert [cached(t)["input_ids"] for t in TEXTS] == [built(t)["input_ids"] for t in TEXTS]
+    (entry / "tokenizer.json").write_text("{not json")
+    assert build()(TEXTS[1])["input_ids"] == built(TEXTS[1])["input_ids"]
+    assert caplog.text.count("cached tokenizer unreadable") == 1
+    assert build().get_vocab() == built.get_vocab()
+    assert caplog.text.count("cached tokenizer unreadable") == 1  # the rebuilt entry was written again

@@ -266,7 +266,7 @@ def load_decoder_tokenizer(path: Path, vocab_size: int, gguf: GGUFCheckpoint | N
     try:
         if path.suffix == ".gguf":
             # transformers re-parses the whole GGUF file (twice) to build a tokenizer: do it
-            # once per file version and hand out copies.
+            # once per file version (on disk, and in memory) and hand out copies.
             stat = path.stat()
             tokenizer = copy.deepcopy(_gguf_tokenizer(str(path), stat.st_mtime_ns, stat.st_size))
         else:
@@ -293,11 +293,44 @@ def load_decoder_tokenizer(path: Path, vocab_size: int, gguf: GGUFCheckpoint | N
     return tokenizer
 
 
+TOKENIZER_CACHE = "~/.cache/jaxalign/tokenizers"
+
+
 @functools.lru_cache(maxsize=4)
 def _gguf_tokenizer(path: str, mtime_ns: int, size: int):
+    """The tokenizer transformers builds from a GGUF file's metadata, saved in its own format
+    under ``TOKENIZER_CACHE`` (keyed by the file's path, version and the transformers version)
+    the first time: building it parses the file in Python (seconds), reading it back does not.
+    An unwritable cache only costs the rebuild."""
+    import hashlib
+    import shutil
+    import tempfile
+
+    import transformers
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(Path(path).parent), gguf_file=Path(path).name)
+    key = hashlib.sha256(f"{Path(path).resolve()}|{mtime_ns}|{size}|{transformers.__version__}".encode()).hexdigest()
+    cached = Path(TOKENIZER_CACHE).expanduser() / key[:16]
+    if (cached / "tokenizer.json").is_file():
+        try:
+            return AutoTokenizer.from_pretrained(str(cached))
+        except Exception as e:  # a damaged entry: rebuild it and replace it
+            log.warning("%s: cached tokenizer unreadable (%s); rebuilding it from %s", cached, e, path)
+            shutil.rmtree(cached, ignore_errors=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(Path(path).parent), gguf_file=Path(path).name)
+    staging = None
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=cached.parent, prefix=f".{key[:16]}-"))
+        tokenizer.save_pretrained(str(staging))
+        # atomic: a reader sees no entry or a whole one; when another process got there first
+        # (or a damaged entry stays), the rename fails and this copy is dropped
+        staging.rename(cached)
+    except OSError as e:
+        log.info("tokenizer cache %s not written (%s)", cached, e)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+    return tokenizer
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import collections
+import functools
 import re
 from pathlib import Path
 from typing import Any
@@ -70,19 +71,30 @@ def unpermute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, dim, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+@functools.lru_cache(maxsize=4)
+def _reader(path: str, mtime_ns: int, size: int):
+    """One parsed ``GGUFReader`` per file version: parsing the metadata (a 49k-token vocabulary
+    and its merges, field by field in Python) takes seconds, the read-only memory map nothing;
+    ``mtime_ns`` and ``size`` make a rewritten file parse again."""
+    from gguf import GGUFReader
+
+    return GGUFReader(path)
+
+
 class GGUFCheckpoint:
     """Name -> tensor view over one ``.gguf`` file, with Hugging Face names and layouts."""
 
     def __init__(self, path: str | Path, *, cache_size: int = 2):
         self.path = Path(path)
         try:
-            from gguf import GGUFReader
+            import gguf  # noqa: F401
         except ImportError as e:  # pragma: no cover - gguf is a declared dependency
             raise CheckpointError(f"{self.path}: reading GGUF files needs the `gguf` package (pip install gguf)") from e
         if not self.path.is_file():
             raise CheckpointError(f"{self.path}: no such GGUF file")
         try:
-            self.reader = GGUFReader(str(self.path))
+            stat = self.path.stat()
+            self.reader = _reader(str(self.path.resolve()), stat.st_mtime_ns, stat.st_size)
         except Exception as e:  # gguf raises ValueError/struct errors on corrupt files
             raise CheckpointError(f"{self.path}: cannot be read as GGUF: {e}") from e
         self.architecture = self.metadata("general.architecture")
