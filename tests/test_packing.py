@@ -194,14 +194,16 @@ def test_every_loss_and_its_gradient_equal_padded(tiny, mode):
         np.testing.assert_allclose(ref, want_ref, atol=1e-5, rtol=1e-6)
         np.testing.assert_array_equal(got_len, want_len)
         assert_trees_close(got_vjp, want_vjp)
-        for name, cfg, _ in (c for c in objective_cases() if c[2] == kind):
-            batch = {"label": batches["padded"].get("label"), "aligned_scores": aligned}
+        cases = [c for c in objective_cases() if c[2] == kind]
+        batch = {"label": batches["padded"].get("label"), "aligned_scores": aligned}
 
-            def loss(lp, r, n, cfg=cfg, batch=batch):
-                return SEQUENCE_LOSSES[cfg.name](cfg, lp, n, r, batch)[0].mean()
+        @jax.jit  # every loss of the kind in one program: one compile, not one per eager op
+        def losses(lp, r, n):
+            return [jax.value_and_grad(lambda lp, cfg=cfg: SEQUENCE_LOSSES[cfg.name](cfg, lp, n, r, batch)[0].mean())(lp)
+                    for _, cfg, _ in cases]
 
-            want, dwant = jax.value_and_grad(loss)(want_logps, want_ref, want_len)
-            got, dgot = jax.value_and_grad(loss)(logps, ref, got_len)
+        for (name, _, _), (want, dwant), (got, dgot) in zip(cases, losses(want_logps, want_ref, want_len),
+                                                            losses(logps, ref, got_len)):
             np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5, err_msg=name)
             np.testing.assert_allclose(dgot, dwant, atol=1e-5, rtol=1e-5, err_msg=name)
             assert_trees_close(vjp(tiny.params, batches["packed"], dgot)[1],
