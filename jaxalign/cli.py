@@ -57,8 +57,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                         "Llama/Qwen2/Qwen3/Mistral decoders) or a decoder's .gguf file. Default: %(default)s")
     g.add_argument("--dtype", choices=DTYPES, default="float32",
                    help="compute dtype; parameters stay float32 and pooling is done in float32. Default: %(default)s")
-    g.add_argument("--batch-size", type=int, default=64, help="most sentences per compiled batch (fewer for long sentences, at most 2048 padded "
-                        "tokens a batch). Default: %(default)s")
+    g.add_argument("--batch-size", type=int, default=64, help="most sentences per compiled batch (fewer for long "
+                        "sentences, within --max-tokens). Default: %(default)s")
+    g.add_argument("--max-tokens", type=int, default=None,
+                   help="encoders: most padded tokens per batch, so long sentences come in fewer rows (raise it on an "
+                        "accelerator; 0: always --batch-size rows). Default: 2048")
     g.add_argument("--max-length", type=int, default=None,
                    help="truncate to this many tokens (default: the model's max_seq_length, else its position limit)")
     g.add_argument("--mesh", default=None, metavar="DATA,FSDP,TENSOR",
@@ -117,7 +120,12 @@ def _embedder(args):
     overrides = {k: v for k, v in (("mode", args.pooling), ("layer", args.layer), ("top_k", args.top_k),
                                    ("normalize", args.normalize), ("truncate_dim", args.truncate_dim)) if v is not None}
     pooling = dataclasses.replace(encoder.pooling, **overrides)
-    return Embedder(encoder, pooling, batch_size=args.batch_size, max_length=args.max_length, mesh=mesh)
+    budget = {}
+    if args.max_tokens is not None:
+        if args.max_tokens < 0:
+            raise ValueError(f"--max-tokens {args.max_tokens}: give a positive token budget, or 0 for none")
+        budget["max_tokens"] = args.max_tokens or None
+    return Embedder(encoder, pooling, batch_size=args.batch_size, max_length=args.max_length, mesh=mesh, **budget)
 
 
 def _prompt_embedder(args, mesh):
@@ -133,6 +141,8 @@ def _prompt_embedder(args, mesh):
         raise ValueError("--tp-start/--tp-exit set the token prepending layers: add --token-prepending")
     if args.top_k is not None:
         raise ValueError("--top-k is for encoders' mean_top_k / concat_top_k; a decoder pools last or mean")
+    if args.max_tokens is not None:
+        raise ValueError("--max-tokens is the encoders' token budget; a decoder's batches are --batch-size prompts")
     decoder = load_decoder(args.model, mesh=mesh, dtype=jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32,
                            num_layers=args.num_layers)
     saved = saved_embedding(args.model)  # a decoder trained by `jaxalign train`: embed as it was trained

@@ -17,6 +17,7 @@ from jaxalign.cli import build_parser, main
         (["embed", "--input", "/no/such.txt", "--output", "x.npy"], "no such input file"),
         (["eval", "sts", "--mesh", "3,1,1"], "multiplies to 3 devices but 8 are available"),
         (["eval", "sts", "--pooling", "median"], "pooling mode 'median' is unknown"),
+        (["eval", "sts", "--max-tokens", "-1"], "--max-tokens -1: give a positive token budget"),
     ],
 )
 def test_errors_are_one_line(argv, message, capsys):
@@ -33,6 +34,10 @@ def test_embed_writes_matrix(tmp_path):
     emb = np.load(out)
     assert emb.shape == (2, 64)
     np.testing.assert_allclose(np.linalg.norm(emb, axis=-1), 1.0, rtol=1e-5)
+    # a budget of 8 padded tokens: one sentence a batch, the same embeddings
+    assert main(["embed", "--input", str(src), "--output", str(out), "--batch-size", "2", "--truncate-dim", "64",
+                 "--max-tokens", "8"]) == 0
+    np.testing.assert_allclose(np.load(out), emb, atol=1e-6)
 
 
 def _all_parsers(parser):
