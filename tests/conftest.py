@@ -2,18 +2,13 @@
 
 * Eight simulated CPU devices, so sharded code paths run without accelerators; single-device
   tests simply use ``jax.devices()[0]``. This must happen before JAX is imported anywhere.
-* Compiled at LLVM -O0 (below), to keep the suite's compile time down.
 * Real data sets come from ``$JAXALIGN_DATA`` (default ``../shared/data`` beside the repo);
   tests that need them skip with a message saying exactly what is missing.
 """
 
 import os
 
-# LLVM at -O0 for every program the suite compiles (here and in the processes tests start):
-# compiling is about 60 % of the suite's time on a 2-core CPU and -O0 cuts it by ~45 % (the
-# programs run ~20 % slower). XLA's own HLO passes and fusions still run, so every result
-# agrees with the optimised build's within float rounding, the scale the tests compare at.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0")
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

@@ -42,9 +42,7 @@ class Finished:
 
 def process_env(index: int, count: int, devices: int, port: int) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
-    # the suite's other XLA flags (its -O0) pass on; the device count is the topology's
-    flags = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform_device_count")]
-    env.update(XLA_FLAGS=" ".join([f"--xla_force_host_platform_device_count={devices}", *flags]), HF_HUB_OFFLINE="1",
+    env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", HF_HUB_OFFLINE="1",
                TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1", JAX_PLATFORMS="cpu",
                PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests"), env.get("PYTHONPATH", "")]))
     if count > 1:
