@@ -65,6 +65,7 @@ import argparse
 import dataclasses
 import json
 import os
+import resource
 import statistics
 import sys
 import time
@@ -313,7 +314,9 @@ def render(console, r: dict) -> None:
     console.print(table)
     console.print("CPU time per step (all threads; steadier than wall time when other jobs share the cores): "
                   + ", ".join(f"{name} {m['median_cpu_s']:.2f} s" for name, m in r["implementations"].items())
-                  + f"; jaxalign needs 1/{r['cpu_ratio_jaxalign_over_pytorch']:.2f} of PyTorch's")
+                  + f"; jaxalign needs 1/{r['cpu_ratio_jaxalign_over_pytorch']:.2f} of PyTorch's. Minor page faults per step: "
+                  + ", ".join(f"{name} {m['median_page_faults']:,.0f}" for name, m in r["implementations"].items())
+                  + f" (host memory: {r['host_memory']})")
     pk = r["matmul_peak"]
     console.print(f"matmul peak ({pk['size']}^3 float32, median): JAX {pk['jax_gflops']:.1f} GFLOP/s, "
                   f"PyTorch {pk['torch_gflops']:.1f} GFLOP/s; MFU uses {pk['peak_gflops']:.1f}. "
@@ -408,13 +411,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     phase("warmup")
     console.print(f"step: {args.steps} timed steps each, interleaved ...")
 
-    def timed_step(side):
+    faults: dict[str, list[int]] = {"jaxalign": [], "pytorch": []}
+
+    def timed_step(name, side):
         def call():
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             side.step()
+            faults[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
         return call
 
     cpu_times: dict[str, list[float]] = {}
-    times = interleave({"jaxalign": timed_step(jx), "pytorch": timed_step(th)}, args.steps, cpu=cpu_times)
+    times = interleave({"jaxalign": timed_step("jaxalign", jx), "pytorch": timed_step("pytorch", th)}, args.steps, cpu=cpu_times)
     phase("timed_steps")
     jx.record_loss()
     th.record_loss()
@@ -428,6 +435,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                        "examples_per_s": args.batch_size / med, "sequences_per_s": 2 * args.batch_size / med,
                        "achieved_gflops": flops["total"] / med / 1e9, "mfu": flops["total"] / (med * peak_flops),
                        "cpu_times_s": cpu_times[name], "median_cpu_s": statistics.median(cpu_times[name]),
+                       "median_page_faults": statistics.median(faults[name]),
                        "losses": side.losses}
     breakdown = None
     if breakdown_times is not None:
