@@ -49,7 +49,7 @@ this machine: the median of ``--peak-repeats`` interleaved ``--peak-size``-squar
 dropout on, loss, no gradients) and forward + backward without the optimiser, so the step can be
 split into forward, backward and optimiser parts on each side.
 
-``--host-memory keep`` (the default) first calls ``jaxalign.host_memory.keep_freed_memory()``, which
+``--host-memory keep`` (the default) calls, before importing anything else, ``jaxalign.host_memory.keep_freed_memory()``, which
 makes glibc keep freed blocks mapped for the whole process, both sides alike: without it XLA's
 906 MB temporary buffer is ``mmap``ed afresh and page-faulted in on every jaxalign step (0.55 s of
 kernel time per step here), and PyTorch's large tensors likewise, less so. ``default`` leaves
@@ -73,6 +73,22 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+from jaxalign.host_memory import keep_freed_memory  # noqa: E402
+
+HOST_MEMORY = ("keep", "default")
+
+
+def host_memory_choice(argv: Sequence[str]) -> str:
+    """``--host-memory`` alone, read before anything else is imported (see below)."""
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("--host-memory", choices=HOST_MEMORY, default="keep")
+    return early.parse_known_args(argv)[0].host_memory
+
+
+# glibc fixes its arena limit when a second thread first allocates (numpy's BLAS threads, at
+# import), after which keep_freed_memory() cannot reach other threads' blocks: call it first.
+if __name__ == "__main__" and host_memory_choice(sys.argv[1:]) == "keep":
+    keep_freed_memory()
 from jaxalign.benchmarking import peak_memory  # noqa: E402
 from jaxalign.benchmarking import (  # noqa: E402
     PhaseTimer, check_counts, check_threads, interleave, machine_info, machine_summary, matmul_peak, pin_cores)
@@ -106,7 +122,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="side of the square float32 matmul timed for the peak. Default: %(default)s")
     p.add_argument("--peak-repeats", type=int, default=5,
                    help="timed matmuls per library for the peak (interleaved, median). Default: %(default)s")
-    p.add_argument("--host-memory", choices=("keep", "default"), default="keep",
+    p.add_argument("--host-memory", choices=HOST_MEMORY, default="keep",
                    help="keep: jaxalign.host_memory.keep_freed_memory() first thing, for both sides (glibc keeps freed "
                         "blocks mapped, so XLA's per-step buffers stop page-faulting); default: glibc's own settings. "
                         "Default: %(default)s")
@@ -342,10 +358,6 @@ def render(console, r: dict) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.host_memory == "keep":
-        from jaxalign.host_memory import keep_freed_memory
-
-        keep_freed_memory()  # before JAX starts its CPU client and PyTorch its threads
     pin_cores(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
