@@ -73,7 +73,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-from jaxalign.host_memory import keep_freed_memory  # noqa: E402
+from jaxalign.host_memory import keep_freed_memory
 
 HOST_MEMORY = ("keep", "default")
 
