@@ -34,3 +34,25 @@ def test_freed_blocks_stay_mapped_only_when_kept():
     default, kept = run("default"), run("keep")
     assert default > 10_000, default  # 16,384 pages of 4 KiB faulted in afresh every time
     assert kept < 100, kept
+
+
+CLI = """
+import sys
+import jaxalign.host_memory as host_memory
+calls = []
+host_memory.keep_freed_memory = lambda: calls.append(1) or True
+from jaxalign.cli import main
+if sys.argv[2] == "after-numpy":
+    import numpy  # noqa: F401
+main([*sys.argv[1].split(), "plot", "/no/such/run"])
+print(len(calls))
+"""
+
+
+@pytest.mark.parametrize("flags, when, calls", [("", "fresh", 1), ("--host-memory default", "fresh", 0),
+                                                ("", "after-numpy", 0)])
+def test_the_command_keeps_freed_memory_first_thing_unless_told_not_to(flags, when, calls):
+    """``jaxalign`` sets it up before anything imports numpy; never in a process that already has
+    (a test, a notebook calling ``main``), where it could no longer reach every thread."""
+    out = subprocess.run([sys.executable, "-c", CLI, flags, when], capture_output=True, text=True, check=True).stdout
+    assert int(out.split()[-1]) == calls
