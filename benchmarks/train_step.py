@@ -49,6 +49,12 @@ this machine: the median of ``--peak-repeats`` interleaved ``--peak-size``-squar
 dropout on, loss, no gradients) and forward + backward without the optimiser, so the step can be
 split into forward, backward and optimiser parts on each side.
 
+``--host-memory keep`` (the default) calls, before importing anything else, ``jaxalign.host_memory.keep_freed_memory()``, which
+makes glibc keep freed blocks mapped for the whole process, both sides alike: without it XLA's
+906 MB temporary buffer is ``mmap``ed afresh and page-faulted in on every jaxalign step (0.55 s of
+kernel time per step here), and PyTorch's large tensors likewise, less so. ``default`` leaves
+glibc alone.
+
 Before timing, both sides compute the loss of the batch without dropout (jaxalign with the
 objective's dropout off, PyTorch in eval mode); they must agree to ``PARITY_RTOL`` or the run fails.
 """
@@ -59,6 +65,7 @@ import argparse
 import dataclasses
 import json
 import os
+import resource
 import statistics
 import sys
 import time
@@ -66,6 +73,22 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+from jaxalign.host_memory import keep_freed_memory
+
+HOST_MEMORY = ("keep", "default")
+
+
+def host_memory_choice(argv: Sequence[str]) -> str:
+    """``--host-memory`` alone, read before anything else is imported (see below)."""
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("--host-memory", choices=HOST_MEMORY, default="keep")
+    return early.parse_known_args(argv)[0].host_memory
+
+
+# glibc fixes its arena limit when a second thread first allocates (numpy's BLAS threads, at
+# import), after which keep_freed_memory() cannot reach other threads' blocks: call it first.
+if __name__ == "__main__" and host_memory_choice(sys.argv[1:]) == "keep":
+    keep_freed_memory()
 from jaxalign.benchmarking import peak_memory  # noqa: E402
 from jaxalign.benchmarking import (  # noqa: E402
     PhaseTimer, check_counts, check_threads, interleave, machine_info, machine_summary, matmul_peak, pin_cores)
@@ -99,6 +122,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="side of the square float32 matmul timed for the peak. Default: %(default)s")
     p.add_argument("--peak-repeats", type=int, default=5,
                    help="timed matmuls per library for the peak (interleaved, median). Default: %(default)s")
+    p.add_argument("--host-memory", choices=HOST_MEMORY, default="keep",
+                   help="keep: jaxalign.host_memory.keep_freed_memory() first thing, for both sides (glibc keeps freed "
+                        "blocks mapped, so XLA's per-step buffers stop page-faulting); default: glibc's own settings. "
+                        "Default: %(default)s")
     p.add_argument("--breakdown", action="store_true",
                    help="also time forward-only and forward+backward (no optimiser) on both sides (adds about a minute)")
     p.add_argument("--data", type=Path, default=None,
@@ -303,7 +330,9 @@ def render(console, r: dict) -> None:
     console.print(table)
     console.print("CPU time per step (all threads; steadier than wall time when other jobs share the cores): "
                   + ", ".join(f"{name} {m['median_cpu_s']:.2f} s" for name, m in r["implementations"].items())
-                  + f"; jaxalign needs 1/{r['cpu_ratio_jaxalign_over_pytorch']:.2f} of PyTorch's")
+                  + f"; jaxalign needs 1/{r['cpu_ratio_jaxalign_over_pytorch']:.2f} of PyTorch's. Minor page faults per step: "
+                  + ", ".join(f"{name} {m['median_page_faults']:,.0f}" for name, m in r["implementations"].items())
+                  + f" (host memory: {r['host_memory']})")
     pk = r["matmul_peak"]
     console.print(f"matmul peak ({pk['size']}^3 float32, median): JAX {pk['jax_gflops']:.1f} GFLOP/s, "
                   f"PyTorch {pk['torch_gflops']:.1f} GFLOP/s; MFU uses {pk['peak_gflops']:.1f}. "
@@ -394,13 +423,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     phase("warmup")
     console.print(f"step: {args.steps} timed steps each, interleaved ...")
 
-    def timed_step(side):
+    faults: dict[str, list[int]] = {"jaxalign": [], "pytorch": []}
+
+    def timed_step(name, side):
         def call():
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             side.step()
+            faults[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
         return call
 
     cpu_times: dict[str, list[float]] = {}
-    times = interleave({"jaxalign": timed_step(jx), "pytorch": timed_step(th)}, args.steps, cpu=cpu_times)
+    times = interleave({"jaxalign": timed_step("jaxalign", jx), "pytorch": timed_step("pytorch", th)}, args.steps, cpu=cpu_times)
     phase("timed_steps")
     jx.record_loss()
     th.record_loss()
@@ -414,6 +447,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                        "examples_per_s": args.batch_size / med, "sequences_per_s": 2 * args.batch_size / med,
                        "achieved_gflops": flops["total"] / med / 1e9, "mfu": flops["total"] / (med * peak_flops),
                        "cpu_times_s": cpu_times[name], "median_cpu_s": statistics.median(cpu_times[name]),
+                       "median_page_faults": statistics.median(faults[name]),
                        "losses": side.losses}
     breakdown = None
     if breakdown_times is not None:
@@ -444,6 +478,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "real_tokens": int(mask.sum()),
         "steps": args.steps,
         "warmup": args.warmup,
+        "host_memory": args.host_memory,
         "jaxalign_config_overrides": jx.overrides,
         "flops_per_step": flops,
         "matmul_peak": peak,

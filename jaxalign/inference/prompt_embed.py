@@ -31,6 +31,7 @@ from jaxalign.inference.embed import DEFAULT_BUCKETS, Embedder
 from jaxalign.models.bert.model import EncoderOutput
 from jaxalign.models.decoders import Decoder
 from jaxalign.models.llama.model import TokenPrepending
+from jaxalign.ops.dropout import dropout
 from jaxalign.ops.pooling import PoolingConfig, matryoshka, pool
 
 SENTENCE = "*sent 0*"
@@ -220,8 +221,7 @@ class PromptEncoder:
         if dropout_rng is not None and self.embedding_dropout > 0:
             table = params["embed"]["embedding"]
             x = jnp.take(table, input_ids, axis=0)
-            keep = jax.random.bernoulli(dropout_rng, 1.0 - self.embedding_dropout, x.shape)
-            embeds = jnp.where(keep, x / (1.0 - self.embedding_dropout), 0).astype(x.dtype)
+            embeds = dropout(x, self.embedding_dropout, dropout_rng)
         h = self.decoder.hidden(params, input_ids, attention_mask, output_layer=self.output_layer, inputs_embeds=embeds)
         return EncoderOutput(h, None, None)
 

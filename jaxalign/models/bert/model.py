@@ -3,7 +3,10 @@
 Shapes: ``B`` batch, ``T`` sequence length, ``H`` hidden size, ``N`` heads, ``D`` head dim.
 Dropout is active only with ``deterministic=False`` and takes its randomness from an explicit
 ``rngs`` argument, so training steps stay pure functions of their inputs (layer ``i`` draws from
-one key of ``rngs`` folded with ``i``).
+one key of ``rngs`` folded with ``i``). Dropout, LayerNorm and the exact GELU are the
+:mod:`jaxalign.ops` versions whose backward passes save only what they need (one boolean mask,
+one normalised array, the GELU's input), which matters most under ``jax.lax.scan``, where every
+saved array is a stacked ``[L, ...]`` buffer that XLA fills and copies.
 
 Layers: one stacked :class:`Layer` whose parameters are ``[L, ...]`` (``layers.attention.query.kernel``
 is ``[L, H, H]``), run by ``jax.lax.scan`` (:mod:`jaxalign.models.scan`).
@@ -19,7 +22,10 @@ from flax import nnx
 
 from jaxalign.models import scan as scan_lib
 from jaxalign.models.bert.config import BertConfig
+from jaxalign.ops.activations import gelu
 from jaxalign.ops.attention import AttentionMask, attention, check_available
+from jaxalign.ops.dropout import dropout
+from jaxalign.ops.normalization import layer_norm
 from jaxalign.sharding.rules import constrain
 
 ACTIVATION_AXES = ("batch", "length", "act_embed")
@@ -27,15 +33,35 @@ ACTIVATION_AXES = ("batch", "length", "act_embed")
 
 def _activation(name: str):
     if name == "gelu":
-        return lambda x: jax.nn.gelu(x, approximate=False)
+        return gelu
     if name in ("gelu_new", "gelu_pytorch_tanh"):
         return lambda x: jax.nn.gelu(x, approximate=True)
     return jax.nn.relu
 
 
-def _layer_norm(cfg: BertConfig, dtype, rngs) -> nnx.LayerNorm:
-    # Two-pass variance, as PyTorch computes it: the fast E[x^2]-E[x]^2 form loses ~1e-5.
-    return nnx.LayerNorm(cfg.hidden_size, epsilon=cfg.layer_norm_eps, use_fast_variance=False, dtype=dtype, rngs=rngs)
+class LayerNorm(nnx.LayerNorm):
+    """``nnx.LayerNorm``'s parameters (``scale``, ``bias`` [H]) computed by :func:`jaxalign.ops.normalization.layer_norm`
+    (two-pass variance, as PyTorch: the fast E[x^2]-E[x]^2 form loses ~1e-5)."""
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return layer_norm(x, self.scale[...], self.bias[...], self.epsilon,
+                          self.dtype or jnp.result_type(x, self.scale[...]))
+
+
+def _layer_norm(cfg: BertConfig, dtype, rngs) -> LayerNorm:
+    return LayerNorm(cfg.hidden_size, epsilon=cfg.layer_norm_eps, use_fast_variance=False, dtype=dtype, rngs=rngs)
+
+
+class Dropout(nnx.Module):
+    """:func:`jaxalign.ops.dropout.dropout` at ``rate``, drawing one key from ``rngs.dropout`` per call."""
+
+    def __init__(self, rate: float):
+        self.rate = rate
+
+    def __call__(self, x: jax.Array, *, deterministic: bool, rngs: nnx.Rngs | None) -> jax.Array:
+        if deterministic or self.rate == 0.0:
+            return x
+        return dropout(x, self.rate, rngs.dropout())
 
 
 @dataclasses.dataclass
@@ -59,7 +85,7 @@ class Embeddings(nnx.Module):
         self.position = nnx.Embed(cfg.max_position_embeddings, cfg.hidden_size, dtype=dtype, rngs=rngs)
         self.token_type = nnx.Embed(cfg.type_vocab_size, cfg.hidden_size, dtype=dtype, rngs=rngs)
         self.norm = _layer_norm(cfg, dtype, rngs)
-        self.dropout = nnx.Dropout(cfg.hidden_dropout_prob)
+        self.dropout = Dropout(cfg.hidden_dropout_prob)
 
     def __call__(self, input_ids, token_type_ids, position_ids, *, deterministic: bool, rngs) -> jax.Array:
         x = self.word(input_ids) + self.token_type(token_type_ids) + self.position(position_ids)
@@ -75,8 +101,8 @@ class SelfAttention(nnx.Module):
         self.key = nnx.Linear(h, h, dtype=dtype, rngs=rngs)
         self.value = nnx.Linear(h, h, dtype=dtype, rngs=rngs)
         self.output = nnx.Linear(h, h, dtype=dtype, rngs=rngs)
-        self.attention_dropout = nnx.Dropout(cfg.attention_probs_dropout_prob)
-        self.dropout = nnx.Dropout(cfg.hidden_dropout_prob)
+        self.attention_dropout = Dropout(cfg.attention_probs_dropout_prob)
+        self.dropout = Dropout(cfg.hidden_dropout_prob)
 
     def __call__(self, x: jax.Array, mask: AttentionMask, *, deterministic: bool, rngs) -> jax.Array:
         """x [B, T, H]; mask: the keys each query sees (padding, segments)."""
@@ -97,7 +123,7 @@ class Layer(nnx.Module):
         self.up = nnx.Linear(cfg.hidden_size, cfg.intermediate_size, dtype=dtype, rngs=rngs)
         self.down = nnx.Linear(cfg.intermediate_size, cfg.hidden_size, dtype=dtype, rngs=rngs)
         self.mlp_norm = _layer_norm(cfg, dtype, rngs)
-        self.dropout = nnx.Dropout(cfg.hidden_dropout_prob)
+        self.dropout = Dropout(cfg.hidden_dropout_prob)
         self.act = _activation(cfg.hidden_act)
 
     def __call__(self, x, mask: AttentionMask, *, deterministic: bool, rngs) -> jax.Array:
