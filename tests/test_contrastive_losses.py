@@ -25,6 +25,7 @@ from jaxalign.losses.matryoshka import (
     matryoshka_loss,
     similarity_kl,
 )
+from precision import x64
 
 B, K, D = 6, 2, 16
 
@@ -59,17 +60,6 @@ jit_matryoshka_2d = jax.jit(matryoshka_2d_loss, static_argnames=("loss_fn", "dim
 def data(seed, b=B, k=K, d=D):
     rng = np.random.default_rng(seed)
     return rng.normal(size=(b, d)), rng.normal(size=(b, d)), rng.normal(size=(b, k, d))
-
-
-def x64(fn):
-    """Runs the test with float64 enabled in JAX, so float64 NumPy inputs stay float64."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        with jax.enable_x64(True):
-            return fn(*args, **kwargs)
-
-    return wrapper
 
 
 # ---------------------------------------------------------------- NumPy references (loops, float64)

@@ -3,8 +3,6 @@ formulas in float64, the keep rate of the 16-bit dropout draw, and what each sav
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,19 +12,12 @@ from flax import nnx
 from jaxalign.ops.activations import gelu
 from jaxalign.ops.dropout import dropout, keep_mask, keep_threshold
 from jaxalign.ops.normalization import layer_norm
+from precision import x64
 
 
 def saved(f, x) -> list[jax.Array]:
     """The arrays ``f``'s backward pass keeps: the leaves of its VJP closure."""
     return jax.tree.leaves(jax.vjp(f, x)[1])
-
-
-def x64(fn):
-    @functools.wraps(fn)
-    def wrapped(*args, **kwargs):
-        with jax.enable_x64(True):
-            return fn(*args, **kwargs)
-    return wrapped
 
 
 @pytest.mark.parametrize("rate", [0.1, 0.5])
