@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from precision import x64
 
 from jaxalign.losses.contrastive import (
     angle,
@@ -25,7 +26,6 @@ from jaxalign.losses.matryoshka import (
     matryoshka_loss,
     similarity_kl,
 )
-from precision import x64
 
 B, K, D = 6, 2, 16
 

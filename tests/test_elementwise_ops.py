@@ -8,11 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from precision import x64
 
 from jaxalign.ops.activations import gelu
 from jaxalign.ops.dropout import dropout, keep_mask, keep_threshold
 from jaxalign.ops.normalization import layer_norm
-from precision import x64
 
 
 def saved(f, x) -> list[jax.Array]:
